@@ -16,9 +16,12 @@ namespace MdtDist.Trellis.Flow;
 public sealed class TrellisFlowModel : IFlowModel
 {
     /// <summary>Wraps <paramref name="network"/>.</summary>
+    /// <exception cref="ArgumentException">The network's out_channels differ from its in_channels (its output is then no velocity of the latent).</exception>
     public TrellisFlowModel(SparseStructureFlowModel network)
     {
         Network = network ?? throw new ArgumentNullException(nameof(network));
+        if (network.Config.OutChannels != network.Config.InChannels)
+            throw new ArgumentException($"network: a velocity model needs out_channels == in_channels, got out_channels {network.Config.OutChannels} and in_channels {network.Config.InChannels}.", nameof(network));
     }
 
     /// <summary>The wrapped network.</summary>
