@@ -191,4 +191,32 @@ public class ModuleTests
         Assert.Equal(ScalarType.Float32, b.dtype);
         Assert.True(TinyModels.MaxAbsDiff(a, b) / TinyModels.MaxAbs(a) < tolerance);
     }
+
+    [Fact]
+    public void GradientsReachEveryParameterThroughTheDisposeScopes()
+    {
+        using var scope = torch.NewDisposeScope();
+        using var model = TinyModels.Flow(seed: 12, shareMod: true, qkRmsCross: true);
+        var x = Randn(2, 3, 4, 4, 4);
+        var t = torch.tensor(new[] { 100.0, 800.0 }, dtype: ScalarType.Float64);
+        var cond = Randn(2, 3, 10);
+        var loss = model.forward(x, t, cond).square().mean();
+        loss.backward();
+        foreach (var (name, p) in model.named_parameters())
+        {
+            Assert.True(p.grad is not null, $"{name} has no gradient");
+            Assert.True(TinyModels.MaxAbs(p.grad!) > 0, $"{name} has a zero gradient");
+        }
+        // Finite-difference check of one weight entry.
+        var w = model.named_parameters().Single(p => p.name == "blocks.1.cross_attn.to_kv.weight").parameter;
+        double g = w.grad![3, 4].item<double>();
+        double h = 1e-6, up, down;
+        using (torch.no_grad())
+        {
+            w[3, 4] += h; up = model.forward(x, t, cond).square().mean().item<double>();
+            w[3, 4] -= 2 * h; down = model.forward(x, t, cond).square().mean().item<double>();
+            w[3, 4] += h;
+        }
+        Assert.Equal(g, (up - down) / (2 * h), 6);
+    }
 }
