@@ -27,7 +27,7 @@ public class SamplerBenchmarks
         torch.manual_seed(0);
         var net = nn.Sequential(nn.Linear(256 + 1 + 16, 512), nn.SiLU(), nn.Linear(512, 512), nn.SiLU(), nn.Linear(512, 256));
         net.eval();
-        _model = new DelegateFlowModel((x, t, c) => net.call(torch.cat(new[] { x.Data, t.unsqueeze(1), c!.expand(x.Data.shape[0], -1) }, 1)));
+        _model = new DelegateFlowModel((x, t, c) => net.call(torch.cat(new[] { x.Data, t.unsqueeze(1).to(x.Data.dtype), c!.expand(x.Data.shape[0], -1) }, 1)));
         _noise = torch.randn(Batch, 256);
         _cond = torch.randn(1, 16);
     }
