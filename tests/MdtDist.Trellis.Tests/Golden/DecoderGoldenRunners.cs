@@ -76,3 +76,80 @@ public sealed class SLatGaussianDecoderGoldenRunner : IGoldenRunner
             throw new Xunit.Sdk.XunitException($"{c.Name}: {name} = {actual:R}, expected {expected:R}");
     }
 }
+
+/// <summary>
+/// Family <c>slat_dec_mesh</c>: <see cref="SLatMeshDecoder"/> up to FlexiCubes (case <c>slat_dec_mesh</c>, with the
+/// reference's num_groups patch) and a lone <c>SparseSubdivideBlock3d</c> (case <c>slat_dec_mesh_subdivide</c>), float64.
+/// </summary>
+public sealed class SLatMeshDecoderGoldenRunner : IGoldenRunner
+{
+    public bool CanRun(GoldenCase c) => c.Family == "slat_dec_mesh";
+
+    public void Run(GoldenCase c)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        if (c.ConfigName == "SparseSubdivideBlock3d") RunBlock(c);
+        else RunDecoder(c);
+    }
+
+    private static void RunBlock(GoldenCase c)
+    {
+        var args = c.Config.GetProperty("args");
+        var block = new SparseSubdivideBlock3d(args.GetProperty("channels").GetInt64(), args.GetProperty("resolution").GetInt32(),
+            args.TryGetProperty("out_channels", out var oc) ? oc.GetInt64() : null, dtype: ScalarType.Float64);
+        SparseGolden.LoadExact(block, c.WithPrefix("model."), c.Name);
+        var x = new SparseTensor(c["in.feats"], c["in.coords"], block.Resolution);
+        var y = block.Forward(x);
+        GoldenAssert.Output(c, "out.coords", y.Coords);
+        SparseGolden.Check(c, "out.feats", y.Feats);
+    }
+
+    private static void RunDecoder(GoldenCase c)
+    {
+        int groups = 32;
+        if (c.Root.TryGetProperty("reference_patches", out var patches) && patches.ValueKind == System.Text.Json.JsonValueKind.Object)
+            foreach (var p in patches.EnumerateObject())
+                groups = p.Name == "SparseSubdivideBlock3d.num_groups" ? p.Value.GetInt32()
+                    : throw new Xunit.Sdk.XunitException($"{c.Name}: unknown reference patch '{p.Name}'");
+        var model = SLatMeshDecoder.FromConfig(c.Config, ScalarType.Float64, null, groups);
+        SparseGolden.LoadExact(model, c.WithPrefix("model."), c.Name);
+        model.eval();
+        var extractor = c.Settings.GetProperty("mesh_extractor");
+        if (extractor.GetProperty("res").GetInt32() != model.MeshResolution || extractor.GetProperty("channels").GetInt32() != model.OutChannels)
+            throw new Xunit.Sdk.XunitException($"{c.Name}: mesh resolution {model.MeshResolution} / channels {model.OutChannels} differ from the reference's");
+
+        var x = new SparseTensor(c["in.feats"], c["in.coords"], model.Resolution);
+        var h = model.ForwardFeatures(x);
+        GoldenAssert.Output(c, "out.coords", h.Coords);
+        SparseGolden.Check(c, "out.feats", h.Feats);
+        var items = model.ToRepresentation(h);
+        try
+        {
+            for (int b = 0; b < items.Count; b++)
+            {
+                var fc = items[b];
+                var p = $"out.{b}.";
+                GoldenAssert.Output(c, p + "v_pos", fc.VertexPositions);
+                SparseGolden.Check(c, p + "v_attrs", fc.VertexAttributes);
+                var vid = fc.VertexIds();
+                var cid = fc.CubeIds();
+                var verts = fc.DenseVertices().index_select(0, vid);
+                SparseGolden.Check(c, p + "fc_vertices_at_v_pos", verts);
+                SparseGolden.Check(c, p + "fc_vertices_at_v_pos", fc.DeformedVertices());
+                SparseGolden.Check(c, p + "fc_scalar_field_at_v_pos", fc.DenseScalarField().index_select(0, vid));
+                SparseGolden.Check(c, p + "fc_colors_at_v_pos", fc.DenseColors()!.index_select(0, vid));
+                var w = fc.DenseWeights().index_select(0, cid);
+                SparseGolden.Check(c, p + "fc_beta_at_cubes", w[.., 0..12]);
+                SparseGolden.Check(c, p + "fc_alpha_at_cubes", w[.., 12..20]);
+                SparseGolden.Check(c, p + "fc_gamma_f_at_cubes", w[.., 20]);
+            }
+            if (c.Has($"out.{items.Count}.v_pos"))
+                throw new Xunit.Sdk.XunitException($"{c.Name}: the reference has more samples than the {items.Count} decoded");
+        }
+        finally
+        {
+            foreach (var fc in items) fc.Dispose();
+        }
+    }
+}
