@@ -36,6 +36,18 @@ public static class TrellisCheckpoint
         Register(SparseStructureFlowConfig.ClassName, (a, d, dev) => new SparseStructureFlowModel(SparseStructureFlowConfig.FromArgs(a), d, dev));
         Register(SparseStructureEncoderConfig.ClassName, (a, d, dev) => new SparseStructureEncoder(SparseStructureEncoderConfig.FromArgs(a), d, dev));
         Register(SparseStructureDecoderConfig.ClassName, (a, d, dev) => new SparseStructureDecoder(SparseStructureDecoderConfig.FromArgs(a), d, dev));
+        // Stage 2 (the Elastic* classes have TRELLIS's identical forward; only training-time memory control differs).
+        Register("SLatFlowModel", (a, d, dev) => SLatFlowModel.FromConfig(Element(a), d, dev));
+        Register("ElasticSLatFlowModel", (a, d, dev) => ElasticSLatFlowModel.FromConfig(Element(a), d, dev));
+        Register("SLatEncoder", (a, d, dev) => SLatEncoder.FromConfig(Element(a), d, dev));
+        Register("SLatGaussianDecoder", (a, d, dev) => SLatGaussianDecoder.FromConfig(Element(a), d, dev));
+        Register("SLatMeshDecoder", (a, d, dev) => SLatMeshDecoder.FromConfig(Element(a), d, dev));
+    }
+
+    private static JsonElement Element(System.Text.Json.Nodes.JsonObject args)
+    {
+        using var doc = JsonDocument.Parse(args.ToJsonString());
+        return doc.RootElement.Clone();
     }
 
     /// <summary>Makes <paramref name="className"/> loadable (replacing an earlier builder of that name).</summary>
