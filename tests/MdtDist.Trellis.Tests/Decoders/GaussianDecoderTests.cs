@@ -200,6 +200,25 @@ public class GaussianDecoderTests
     }
 
     [Fact]
+    public void HalfPrecisionTorsoRunsAsTrellisFp16()
+    {
+        using var c = Case("slat_dec_gs");
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        var m64 = SLatGaussianDecoder.FromConfig(c.Config, ScalarType.Float64);
+        var m16 = SLatGaussianDecoder.FromConfig(c.Config, ScalarType.Float32);
+        SparseGolden.LoadExact(m64, c.WithPrefix("model."), c.Name);
+        SparseGolden.LoadExact(m16, c.WithPrefix("model."), c.Name);
+        m16.ConvertTorso(ScalarType.Float16);
+        Assert.Equal(ScalarType.Float16, m16.TorsoDtype);
+        var h64 = m64.ForwardFeatures(new SparseTensor(c["in.feats"], c["in.coords"]));
+        var h16 = m16.ForwardFeatures(new SparseTensor(c["in.feats"].to(ScalarType.Float32), c["in.coords"]));
+        Assert.Equal(ScalarType.Float32, h16.Feats.dtype); // back in the input dtype after the torso
+        double err = SparseTestData.MaxRel(h64.Feats, h16.Feats);
+        Assert.True(err < 2e-2 && err > 1e-7, $"fp16 torso error {err}");
+    }
+
+    [Fact]
     public void DecodedGaussiansExportToTheReferencePly()
     {
         using var c = Case("slat_dec_gs");

@@ -144,6 +144,24 @@ public class MeshDecoderTests
     }
 
     [Fact]
+    public void HalfPrecisionTorsoAndUpsamplingRunAsTrellisFp16()
+    {
+        using var c = Case("slat_dec_mesh");
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        var m64 = SLatMeshDecoder.FromConfig(c.Config, ScalarType.Float64, null, 8);
+        var m16 = SLatMeshDecoder.FromConfig(c.Config, ScalarType.Float32, null, 8);
+        SparseGolden.LoadExact(m64, c.WithPrefix("model."), c.Name);
+        SparseGolden.LoadExact(m16, c.WithPrefix("model."), c.Name);
+        m16.ConvertTorso(ScalarType.Float16);
+        var h64 = m64.ForwardFeatures(new SparseTensor(c["in.feats"], c["in.coords"]));
+        var h16 = m16.ForwardFeatures(new SparseTensor(c["in.feats"].to(ScalarType.Float32), c["in.coords"]));
+        Assert.Equal(ScalarType.Float32, h16.Feats.dtype);
+        double err = SparseTestData.MaxRel(h64.Feats, h16.Feats);
+        Assert.True(err < 2e-2 && err > 1e-7, $"fp16 error {err}");
+    }
+
+    [Fact]
     public void ColourlessDecoderHas53ChannelsAndNoColours()
     {
         using var scope = torch.NewDisposeScope();
