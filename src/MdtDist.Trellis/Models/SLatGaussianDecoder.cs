@@ -94,11 +94,11 @@ public sealed record GaussianRepresentationConfig(
     internal void Validate()
     {
         if (NumGaussians < 1) throw new ArgumentException($"NumGaussians must be >= 1, found {NumGaussians}.", nameof(NumGaussians));
-        // |2h - 1| reaches 1 - 1/G, so atanh((2h - 1) / voxel_size) needs voxel_size > 1 - 1/G (TRELLIS uses 1.5).
+        // 2h - 1 reaches -1 (the first point is 0), so atanh((2h - 1) / voxel_size) needs voxel_size >= 1 (TRELLIS uses 1.5).
         if (!(VoxelSize > 0) || !double.IsFinite(VoxelSize))
             throw new ArgumentException($"VoxelSize must be a finite value > 0, found {VoxelSize}.", nameof(VoxelSize));
-        if (PerturbOffset && VoxelSize <= 1 - 1.0 / NumGaussians)
-            throw new ArgumentException($"with PerturbOffset, VoxelSize must exceed 1 - 1/NumGaussians = {1 - 1.0 / NumGaussians} (atanh domain), found {VoxelSize}.", nameof(VoxelSize));
+        if (PerturbOffset && VoxelSize < 1)
+            throw new ArgumentException($"with PerturbOffset, VoxelSize must be >= 1 (the Hammersley offsets are atanh((2h - 1) / voxel_size)), found {VoxelSize}.", nameof(VoxelSize));
         if (!(FilterKernelSize3D >= 0)) throw new ArgumentException($"FilterKernelSize3D must be >= 0, found {FilterKernelSize3D}.", nameof(FilterKernelSize3D));
         if (!(ScalingBias > 0)) throw new ArgumentException($"ScalingBias must be > 0, found {ScalingBias}.", nameof(ScalingBias));
         if (!(OpacityBias > 0 && OpacityBias < 1)) throw new ArgumentException($"OpacityBias must lie in (0, 1), found {OpacityBias}.", nameof(OpacityBias));

@@ -138,9 +138,10 @@ public static class GaussianPly
         if (missing.Count > 0) throw Bad(sourceName, $"missing Gaussian properties: {string.Join(", ", missing)}");
 
         long stride = 4L * names.Count;
-        long need = count * stride;
         long have = bytes.Length - pos;
-        if (have < need) throw Bad(sourceName, $"truncated: {count} vertices need {need} bytes of data, found {have}");
+        if (count > have / stride)
+            throw Bad(sourceName, $"truncated: {count} vertices need {(count <= long.MaxValue / stride ? (count * stride).ToString(CultureInfo.InvariantCulture) : "more than 2^63")} bytes of data, found {have}");
+        long need = count * stride;
         if (have > need) throw Bad(sourceName, $"{have - need} unexpected bytes after the {count} vertices");
 
         var columns = new float[names.Count][];

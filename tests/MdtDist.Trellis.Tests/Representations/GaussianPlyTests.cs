@@ -110,6 +110,8 @@ public sealed class GaussianPlyTests : IDisposable
     [InlineData("property float rot_3\n", "", "missing Gaussian properties: rot_3")]
     [InlineData("element vertex 3", "element face 3", "element 'face'")]
     [InlineData("element vertex 3", "element vertex -3", "not a non-negative integer")]
+    [InlineData("element vertex 3", "element vertex 9000000000000000000", "more than 2^63")]
+    [InlineData("element vertex 3", "element vertex 4", "truncated: 4 vertices need 272 bytes of data, found 204")]
     [InlineData("property float x\n", "property float x\nproperty float x\n", "declared twice")]
     [InlineData("end_header", "bogus line\nend_header", "unexpected header line 'bogus line'")]
     public void WrongHeaderIsRejectedWithAClearMessage(string find, string replace, string expected)
