@@ -88,8 +88,17 @@ internal sealed class SubMConv3dWeights : nn.Module
 /// </summary>
 internal sealed class SparseConv3d : nn.Module
 {
-    /// <summary>Rows per gather+GEMM chunk are chosen so that one gathered chunk holds at most this many elements.</summary>
-    internal static long GatherChunkElements = 1L << 23;
+    /// <summary>
+    /// On the CPU, rows per gather+GEMM chunk are chosen so that one gathered chunk holds at most this many elements:
+    /// 2M elements (8 MB of float32) stay in cache and are recycled by the allocator instead of being paged in afresh.
+    /// Measured on a 2-core box (conv 128→128 on 20k voxels of a 64³ shell vs the dense GEMM of the same FLOPs):
+    /// 1 thread 1.3–1.4×, 2 threads 1.5–1.6×; 32M-element chunks gave 2.5×. (When other processes oversubscribe the
+    /// cores, many short parallel regions can stall: 2 threads then measured up to 6× with small chunks, 1.6× with 32M.)
+    /// </summary>
+    internal static long GatherChunkElements = 1L << 21;
+
+    /// <summary>The limit on accelerators, where fewer, larger launches are better.</summary>
+    internal static long DeviceGatherChunkElements = 1L << 25;
 
 #pragma warning disable IDE1006
     public SubMConv3dWeights conv;
@@ -140,7 +149,8 @@ internal sealed class SparseConv3d : nn.Module
         if (n == 0) return torch.zeros(0, cout, dtype: feats.dtype, device: feats.device);
         var padded = torch.cat(new[] { feats, torch.zeros(1, cin, dtype: feats.dtype, device: feats.device) }, 0);
         nbr = nbr.On(feats.device);
-        long chunk = Math.Max(1, GatherChunkElements / (k3 * cin));
+        long limit = feats.device_type == DeviceType.CPU ? GatherChunkElements : DeviceGatherChunkElements;
+        long chunk = Math.Max(1, limit / (k3 * cin));
         if (chunk >= n)
         {
             var g = padded.index_select(0, nbr.view(-1)).view(n, k3 * cin);
