@@ -263,7 +263,7 @@ public sealed class MdtDistiller : IDisposable
         Step++;
 
         var bins = TimeBins.MeanPerBin(times, perSample);
-        var report = new DistillationProgress(Step, totalSteps, finite ? loss : double.NaN, hasVm ? lossVm : null, hasVd ? lossVd : null,
+        var report = new DistillationProgress(Step, totalSteps, loss, hasVm ? lossVm : null, hasVd ? lossVd : null,
             gradNorm, GradClipper?.CurrentMaxNorm, !finite, SkippedSteps, bins, watch.Elapsed);
         if (Options.LogEvery > 0 && Step % Options.LogEvery == 0 && _logger.IsEnabled(LogLevel.Information))
         {

@@ -80,7 +80,7 @@ public sealed record MdtDistillerOptions
 /// <summary>The report of one training step.</summary>
 /// <param name="Step">Steps completed, this one included.</param>
 /// <param name="TotalSteps">The step count the run goes to (0 for a single <see cref="MdtDistiller.TrainStep"/>).</param>
-/// <param name="Loss">Total loss of the step (mean over micro-batches; NaN or ∞ for a skipped step).</param>
+/// <param name="Loss">Total loss of the step (mean over micro-batches; NaN or ∞ when the loss itself was not finite).</param>
 /// <param name="LossVm">The VM term, or null when disabled.</param>
 /// <param name="LossVd">The VD term, or null when disabled.</param>
 /// <param name="GradNorm">Total gradient norm before clipping, or null (no clipping or skipped).</param>
