@@ -247,6 +247,7 @@ public sealed class MdtDistiller : IDisposable
         }
         if (finite)
         {
+            SetLearningRate();
             _optimizer.step();
             if (_ownsMasters) CopyMastersToModel();
             UpdateEma();
@@ -272,6 +273,16 @@ public sealed class MdtDistiller : IDisposable
                 Step, report.Loss, report.LossVm, report.LossVd, report.GradNorm, report.ClipMaxNorm, SkippedSteps, binText);
         }
         return report;
+    }
+
+    /// <summary>The learning rate of the next step.</summary>
+    public double CurrentLearningRate => Options.LearningRate * (Options.LearningRateSchedule?.Invoke(Step) ?? 1.0);
+
+    private void SetLearningRate()
+    {
+        double lr = CurrentLearningRate;
+        if (!(lr >= 0) || !double.IsFinite(lr)) throw new InvalidOperationException($"the learning-rate schedule gave {lr} at step {Step}.");
+        foreach (var g in _optimizer.ParamGroups) g.LearningRate = lr;
     }
 
     private void ZeroGrads()

@@ -28,6 +28,12 @@ public sealed record MdtDistillerOptions
     /// <summary>AdamW learning rate (MDT-dist: 4e-8 for the SS stage, 1e-8 for SLat — tiny because the student starts at the teacher).</summary>
     public double LearningRate { get; init; } = 1e-4;
 
+    /// <summary>
+    /// Optional learning-rate schedule: the factor applied to <see cref="LearningRate"/> at (0-based) step s. It must
+    /// be a pure function of the step, so that a resumed run uses the same rates. Null: constant.
+    /// </summary>
+    public Func<long, double>? LearningRateSchedule { get; init; }
+
     /// <summary>AdamW β1.</summary>
     public double Beta1 { get; init; } = 0.9;
 
