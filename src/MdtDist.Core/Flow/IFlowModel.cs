@@ -10,7 +10,8 @@ public interface IFlowModel
 {
     /// <summary>Evaluates the velocity.</summary>
     /// <param name="x">The noisy latent x_t.</param>
-    /// <param name="t">Per-sample times, <c>[B]</c>, in [0, 1] (not scaled by 1000).</param>
+    /// <param name="t">Per-sample times, <c>[B]</c>, in [0, 1] (not scaled by 1000). Core's solvers pass float64 so that
+    /// adapters can scale it exactly; cast it to the network's dtype where needed (<see cref="Latent.PerSample"/> does).</param>
     /// <param name="condition">Condition tokens (e.g. DINOv2 features <c>[B or 1, L, C]</c>), or null for an unconditional model.</param>
     Tensor Velocity(Latent x, Tensor t, Tensor? condition);
 }

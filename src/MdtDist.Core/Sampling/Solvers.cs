@@ -116,12 +116,12 @@ public abstract class FlowSolver
         int evaluations = 0;
         var predXt = new List<Tensor>();
         var predX0 = new List<Tensor>();
-        var dtype = noise.Data.dtype;
         var device = noise.Data.device;
 
         Tensor Eval(Latent x, double t)
         {
-            using var tt = torch.full(new[] { x.BatchSize }, t, dtype: dtype, device: device);
+            // t is handed over in float64 so adapters can scale it exactly (TRELLIS feeds fl32(1000·t), not 1000·fl32(t)).
+            using var tt = torch.full(new[] { x.BatchSize }, t, dtype: ScalarType.Float64, device: device);
             var v = model.Velocity(x, tt, condition);
             if (!v.shape.SequenceEqual(x.Data.shape))
                 throw new ArgumentException($"the model returned a velocity of shape [{string.Join(", ", v.shape)}] for a latent of shape [{string.Join(", ", x.Data.shape)}].", nameof(model));
@@ -141,7 +141,7 @@ public abstract class FlowSolver
                 using var scope = torch.NewDisposeScope();
                 var xt = new Latent(x, layout);
                 var (xNext, v) = Step(Eval, xt, t, tPrev);
-                var x0 = Path.PredictX0(xt, torch.full(new[] { xt.BatchSize }, t, dtype: dtype, device: device), v);
+                var x0 = Path.PredictX0(xt, torch.full(new[] { xt.BatchSize }, t, dtype: ScalarType.Float64, device: device), v);
                 options.OnStep?.Invoke(new SamplerStep(i, t, tPrev, xNext, x0));
                 if (options.RecordTrajectory)
                 {

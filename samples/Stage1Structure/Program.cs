@@ -1,0 +1,3 @@
+using Stage1Structure;
+
+return Stage1StructureApp.Run(args, Console.Out);

@@ -1,0 +1,364 @@
+using System.Text.Json;
+using MdtDist.Trellis.Sparse;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MdtDist.Trellis.Models;
+
+/// <summary>The constructor arguments of TRELLIS's <c>SLatFlowModel</c> (names as in <c>ckpts/slat_flow_*.json</c>).</summary>
+public sealed record SLatFlowConfig
+{
+    /// <summary>Grid resolution of the input sites (64 in TRELLIS).</summary>
+    public required int Resolution { get; init; }
+    /// <summary>Latent channels in.</summary>
+    public required int InChannels { get; init; }
+    /// <summary>Transformer width.</summary>
+    public required int ModelChannels { get; init; }
+    /// <summary>Condition token width (1024 for DINOv2 ViT-L).</summary>
+    public required int CondChannels { get; init; }
+    /// <summary>Latent channels out.</summary>
+    public required int OutChannels { get; init; }
+    /// <summary>Transformer blocks.</summary>
+    public required int NumBlocks { get; init; }
+    /// <summary>Attention heads (default: model_channels / num_head_channels).</summary>
+    public int? NumHeads { get; init; }
+    /// <summary>Channels per head when <see cref="NumHeads"/> is not given.</summary>
+    public int NumHeadChannels { get; init; } = 64;
+    /// <summary>MLP hidden ratio.</summary>
+    public double MlpRatio { get; init; } = 4;
+    /// <summary>Down-sampling factor of the IO blocks (2^len(io_block_channels)).</summary>
+    public int PatchSize { get; init; } = 2;
+    /// <summary>Residual blocks per IO stage.</summary>
+    public int NumIoResBlocks { get; init; } = 2;
+    /// <summary>Channels of each IO stage, or null for none.</summary>
+    public IReadOnlyList<int>? IoBlockChannels { get; init; }
+    /// <summary>Position embedding ("ape" only).</summary>
+    public string PeMode { get; init; } = "ape";
+    /// <summary>TRELLIS's fp16 flag; recorded only (precision is chosen by the dtype given to the model).</summary>
+    public bool UseFp16 { get; init; }
+    /// <summary>Gradient checkpointing flag; recorded only.</summary>
+    public bool UseCheckpoint { get; init; }
+    /// <summary>Concatenate the IO-stage skips into the output blocks.</summary>
+    public bool UseSkipConnection { get; init; } = true;
+    /// <summary>One model-level adaLN modulation shared by all blocks.</summary>
+    public bool ShareMod { get; init; }
+    /// <summary>RMS-normalise q and k in self-attention.</summary>
+    public bool QkRmsNorm { get; init; }
+    /// <summary>RMS-normalise q and k in cross-attention (broken in TRELLIS; rejected).</summary>
+    public bool QkRmsNormCross { get; init; }
+
+    /// <summary>Number of heads actually used.</summary>
+    public int Heads => NumHeads ?? ModelChannels / NumHeadChannels;
+
+    /// <summary>Reads a TRELLIS config (<c>args</c> object, or the whole <c>{"name", "args"}</c>).</summary>
+    /// <exception cref="ArgumentException">Missing, mistyped or unknown arguments.</exception>
+    public static SLatFlowConfig FromJson(JsonElement args)
+    {
+        var a = new ModelArgs(args, "SLatFlowModel", "ElasticSLatFlowModel");
+        var c = new SLatFlowConfig
+        {
+            Resolution = a.Int("resolution"),
+            InChannels = a.Int("in_channels"),
+            ModelChannels = a.Int("model_channels"),
+            CondChannels = a.Int("cond_channels"),
+            OutChannels = a.Int("out_channels"),
+            NumBlocks = a.Int("num_blocks"),
+            NumHeads = a.IntOrNull("num_heads", null),
+            NumHeadChannels = a.Int("num_head_channels", 64),
+            MlpRatio = a.Double("mlp_ratio", 4),
+            PatchSize = a.Int("patch_size", 2),
+            NumIoResBlocks = a.Int("num_io_res_blocks", 2),
+            IoBlockChannels = a.IntList("io_block_channels"),
+            PeMode = a.String("pe_mode", "ape"),
+            UseFp16 = a.Bool("use_fp16", false),
+            UseCheckpoint = a.Bool("use_checkpoint", false),
+            UseSkipConnection = a.Bool("use_skip_connection", true),
+            ShareMod = a.Bool("share_mod", false),
+            QkRmsNorm = a.Bool("qk_rms_norm", false),
+            QkRmsNormCross = a.Bool("qk_rms_norm_cross", false),
+        };
+        a.RejectUnknown();
+        return c;
+    }
+
+    /// <summary>Checks the arguments as TRELLIS's constructor does, and rejects the combinations TRELLIS cannot run.</summary>
+    /// <exception cref="ArgumentException">The configuration is invalid or unsupported.</exception>
+    public void Validate()
+    {
+        if (Resolution < 1 || InChannels < 1 || OutChannels < 1 || ModelChannels < 1 || CondChannels < 1 || NumBlocks < 0)
+            throw new ArgumentException($"invalid SLatFlowModel sizes: resolution {Resolution}, in {InChannels}, out {OutChannels}, model {ModelChannels}, cond {CondChannels}, blocks {NumBlocks}.");
+        if (Heads < 1 || ModelChannels % Heads != 0)
+            throw new ArgumentException($"model_channels {ModelChannels} is not divisible into {Heads} heads.");
+        if (PeMode != "ape")
+            throw new ArgumentException($"pe_mode '{PeMode}' is not supported (only 'ape'; no released TRELLIS config uses 'rope').");
+        if (QkRmsNormCross)
+            throw new ArgumentException("qk_rms_norm_cross=true is broken in TRELLIS's sparse cross-attention with a dense context and no released config uses it; it is not supported.");
+        if (IoBlockChannels is { } io)
+        {
+            if (PatchSize < 1 || (PatchSize & (PatchSize - 1)) != 0)
+                throw new ArgumentException($"patch_size must be a power of 2, found {PatchSize}.");
+            int stages = System.Numerics.BitOperations.Log2((uint)PatchSize);
+            if (stages != io.Count)
+                throw new ArgumentException($"log2(patch_size) = {stages} must equal the number of io_block_channels ({io.Count}).");
+            if (NumIoResBlocks < 1)
+                throw new ArgumentException($"num_io_res_blocks must be >= 1, found {NumIoResBlocks}.");
+            if (io.Any(ch => ch < 1))
+                throw new ArgumentException($"io_block_channels must be positive, found [{string.Join(", ", io)}].");
+            if (ShareMod)
+                throw new ArgumentException("share_mod=true with io_block_channels crashes in TRELLIS (the IO blocks receive the 6C modulation instead of t_emb); it is not supported.");
+        }
+    }
+}
+
+/// <summary>
+/// TRELLIS's <c>SparseResBlock3d</c>: <c>x = up/down(x); h = conv1(SiLU(norm1(x))); h = norm2(h)·(1 + scale) + shift;
+/// h = conv2(SiLU(h)); out = h + skip(x)</c>, with <c>(scale, shift) = emb_layers(t_emb).chunk(2)</c> (scale first).
+/// </summary>
+internal sealed class SparseResBlock3d : nn.Module
+{
+#pragma warning disable IDE1006
+    public LayerNorm32 norm1;
+    public LayerNorm32 norm2;
+    public SparseConv3d conv1;
+    public SparseConv3d conv2;
+    public Sequential emb_layers;
+    public Linear? skip_connection;
+#pragma warning restore IDE1006
+    private readonly bool _down, _up;
+
+    public SparseResBlock3d(long channels, long embChannels, long outChannels, bool downsample, bool upsample, ScalarType dtype, Device? device)
+        : base(nameof(SparseResBlock3d))
+    {
+        if (downsample && upsample) throw new ArgumentException("a SparseResBlock3d cannot downsample and upsample at the same time.");
+        Channels = channels;
+        OutChannels = outChannels;
+        _down = downsample;
+        _up = upsample;
+        norm1 = new LayerNorm32(channels, true, 1e-6, dtype, device);
+        norm2 = new LayerNorm32(outChannels, false, 1e-6, dtype, device);
+        conv1 = new SparseConv3d(channels, outChannels, 3, true, dtype, device);
+        conv2 = new SparseConv3d(outChannels, outChannels, 3, true, dtype, device);
+        if (!conv2.conv.weight.is_meta)
+            using (torch.no_grad())
+            {
+                conv2.conv.weight.zero_();
+                conv2.conv.bias?.zero_();
+            }
+        emb_layers = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(embChannels, 2 * outChannels, true, device, dtype)));
+        skip_connection = channels != outChannels ? nn.Linear(channels, outChannels, true, device, dtype) : null;
+        RegisterComponents();
+    }
+
+    public long Channels { get; }
+    public long OutChannels { get; }
+
+    public SparseTensor Forward(SparseTensor x, Tensor emb)
+    {
+        if (x.Feats.shape[1] != Channels)
+            throw new ArgumentException($"SparseResBlock3d expects {Channels} channels, found {x.Feats.shape[1]}.", nameof(x));
+        var embOut = emb_layers.forward(emb).As(x.Dtype);
+        var ss = embOut.chunk(2, 1);
+        if (_down) x = SparseSpatial.Downsample(x, 2);
+        else if (_up) x = SparseSpatial.Upsample(x, 2);
+        var scale = x.PerRow(ss[0]);
+        var shift = x.PerRow(ss[1]);
+        var h = nn.functional.silu(norm1.Forward(x.Feats));
+        h = conv1.Apply(h, x.Coordinates);
+        h = norm2.Forward(h) * (scale + 1) + shift;
+        h = conv2.Apply(nn.functional.silu(h), x.Coordinates);
+        h = h + (skip_connection is null ? x.Feats : skip_connection.forward(x.Feats));
+        return x.ReplaceFeats(h);
+    }
+}
+
+/// <summary>
+/// TRELLIS's structured-latent flow network (<c>SLatFlowModel</c>, checkpoint <c>slat_flow_img_dit_L_64l8p2_fp16</c>):
+/// input layer, sparse residual IO blocks that down-sample by <c>patch_size</c> (keeping skips), absolute position
+/// embedding, modulated sparse transformer cross blocks (full self-attention per sample, cross-attention to the
+/// condition tokens), residual output blocks that up-sample back (concatenating the skips), a parameter-free
+/// LayerNorm and the output layer. Parameter names match TRELLIS's state_dict.
+/// </summary>
+public class SLatFlowModel : nn.Module
+{
+#pragma warning disable IDE1006
+    private SLatTimestepEmbedder t_embedder;
+    private Sequential? adaLN_modulation;
+    private Linear input_layer;
+    private ModuleList<SparseResBlock3d> input_blocks;
+    private ModuleList<ModulatedSparseTransformerCrossBlock> blocks;
+    private ModuleList<SparseResBlock3d> out_blocks;
+    private Linear out_layer;
+#pragma warning restore IDE1006
+
+    /// <summary>Builds the network; every parameter in <paramref name="dtype"/> on <paramref name="device"/> (the meta device builds shapes only).</summary>
+    /// <exception cref="ArgumentException">The configuration is invalid or unsupported (see <see cref="SLatFlowConfig.Validate"/>).</exception>
+    public SLatFlowModel(SLatFlowConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : this(config, dtype, device, nameof(SLatFlowModel))
+    {
+    }
+
+    /// <summary>For subclasses (<see cref="ElasticSLatFlowModel"/>).</summary>
+    protected SLatFlowModel(SLatFlowConfig config, ScalarType dtype, Device? device, string name) : base(name)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
+        Config = config;
+        long c = config.ModelChannels;
+        int heads = config.Heads;
+        var io = config.IoBlockChannels;
+
+        t_embedder = new SLatTimestepEmbedder(c, 256, dtype, device);
+        if (config.ShareMod)
+            adaLN_modulation = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(c, 6 * c, true, device, dtype)));
+        input_layer = nn.Linear(config.InChannels, io is null ? c : io[0], true, device, dtype);
+
+        input_blocks = new ModuleList<SparseResBlock3d>();
+        out_blocks = new ModuleList<SparseResBlock3d>();
+        if (io is not null)
+        {
+            for (int s = 0; s < io.Count; s++)
+            {
+                long chs = io[s], next = s + 1 < io.Count ? io[s + 1] : c;
+                for (int r = 0; r < config.NumIoResBlocks - 1; r++)
+                    input_blocks.Add(new SparseResBlock3d(chs, c, chs, false, false, dtype, device));
+                input_blocks.Add(new SparseResBlock3d(chs, c, next, true, false, dtype, device));
+            }
+            int mul = config.UseSkipConnection ? 2 : 1;
+            for (int s = io.Count - 1; s >= 0; s--)
+            {
+                long chs = io[s], prev = s == io.Count - 1 ? c : io[s + 1];
+                out_blocks.Add(new SparseResBlock3d(prev * mul, c, chs, false, true, dtype, device));
+                for (int r = 0; r < config.NumIoResBlocks - 1; r++)
+                    out_blocks.Add(new SparseResBlock3d(chs * mul, c, chs, false, false, dtype, device));
+            }
+        }
+
+        blocks = new ModuleList<ModulatedSparseTransformerCrossBlock>();
+        for (int i = 0; i < config.NumBlocks; i++)
+            blocks.Add(new ModulatedSparseTransformerCrossBlock(c, config.CondChannels, heads, config.MlpRatio, SparseBlockAttention.Full,
+                config.QkRmsNorm, config.QkRmsNormCross, qkvBias: true, config.ShareMod, dtype, device));
+
+        out_layer = nn.Linear(io is null ? c : io[0], config.OutChannels, true, device, dtype);
+        RegisterComponents();
+        InitializeWeights();
+    }
+
+    /// <summary>
+    /// Builds the network from a TRELLIS config: the <c>args</c> object of <c>ckpts/NAME.json</c>, or the whole
+    /// <c>{"name": "SLatFlowModel", "args": {...}}</c>.
+    /// </summary>
+    /// <exception cref="ArgumentException">Missing, unknown or unsupported arguments.</exception>
+    public static SLatFlowModel FromConfig(JsonElement args, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
+        new(SLatFlowConfig.FromJson(args), dtype, device);
+
+    /// <summary>The configuration.</summary>
+    public SLatFlowConfig Config { get; }
+
+    /// <summary>The dtype of the IO blocks and transformer blocks (TRELLIS's <c>self.dtype</c>).</summary>
+    public ScalarType TorsoDtype =>
+        blocks.Count > 0 ? blocks[0].self_attn.to_out.weight.dtype
+        : input_blocks.Count > 0 ? input_blocks[0].conv1.conv.weight.dtype
+        : input_layer.weight.dtype;
+
+    /// <summary>
+    /// Converts the linear and convolution weights of the IO blocks and transformer blocks to <paramref name="dtype"/>
+    /// (TRELLIS's <c>convert_to_fp16</c> with float16); norms stay as they are and compute in at least float32.
+    /// </summary>
+    public void ConvertTorso(ScalarType dtype)
+    {
+        foreach (var list in new nn.Module[] { input_blocks, blocks, out_blocks })
+            foreach (var m in list.modules())
+                if (m is Linear or SubMConv3dWeights) m.to(dtype);
+    }
+
+    /// <summary>Evaluates the velocity network.</summary>
+    /// <param name="x">Noisy latent on the voxels (<c>[N, in_channels]</c>, coordinates in <c>[0, resolution)</c>).</param>
+    /// <param name="t">Timesteps <c>[B]</c> in TRELLIS units (1000·t).</param>
+    /// <param name="cond">Condition tokens <c>[B, L, cond_channels]</c>.</param>
+    /// <returns>The prediction on the same sites, rows in the input order, in the dtype of <paramref name="x"/>.</returns>
+    /// <exception cref="ArgumentException">Shapes do not match the configuration, or coordinates lie outside the grid.</exception>
+    public SparseTensor Forward(SparseTensor x, Tensor t, Tensor cond)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(t);
+        ArgumentNullException.ThrowIfNull(cond);
+        var cfg = Config;
+        if (x.Feats.dim() != 2 || x.Feats.shape[1] != cfg.InChannels)
+            throw new ArgumentException($"x feats must be [N, {cfg.InChannels}], found [{string.Join(", ", x.Feats.shape)}].", nameof(x));
+        if (x.Coordinates.MaxCoordinate >= cfg.Resolution)
+            throw new ArgumentException($"x coords reach {x.Coordinates.MaxCoordinate}, outside the model's grid [0, {cfg.Resolution}).", nameof(x));
+        if (t.dim() != 1 || t.shape[0] != x.BatchSize)
+            throw new ArgumentException($"t must be [B={x.BatchSize}], found [{string.Join(", ", t.shape)}].", nameof(t));
+        if (cond.dim() != 3 || cond.shape[0] != x.BatchSize || cond.shape[2] != cfg.CondChannels)
+            throw new ArgumentException($"cond must be [B={x.BatchSize}, L, cond_channels={cfg.CondChannels}], found [{string.Join(", ", cond.shape)}].", nameof(cond));
+
+        using var scope = torch.NewDisposeScope();
+        var torso = TorsoDtype;
+        var h = x.ReplaceFeats(input_layer.forward(x.Feats.As(input_layer.weight.dtype)).As(torso));
+        var tEmb = t_embedder.Forward(t.to(x.Device));
+        if (adaLN_modulation is not null) tEmb = adaLN_modulation.forward(tEmb);
+        tEmb = tEmb.As(torso);
+        var c = cond.to(torso, x.Device);
+
+        var skips = new List<Tensor>();
+        foreach (var block in input_blocks)
+        {
+            h = block.Forward(h, tEmb);
+            skips.Add(h.Feats);
+        }
+        h = h.ReplaceFeats(h.Feats + SparseEmbeddings.AbsolutePosition(h.Coordinates.Coords64[.., 1..], cfg.ModelChannels, torso));
+        foreach (var block in blocks) h = block.Forward(h, tEmb, c);
+        for (int i = 0; i < out_blocks.Count; i++)
+        {
+            var skip = skips[skips.Count - 1 - i];
+            h = cfg.UseSkipConnection
+                ? out_blocks[i].Forward(h.ReplaceFeats(torch.cat(new[] { h.Feats, skip }, 1)), tEmb)
+                : out_blocks[i].Forward(h, tEmb);
+        }
+        var f = Precision.LayerNorm(h.Feats, null, null, 1e-5);
+        f = out_layer.forward(f.As(out_layer.weight.dtype)).As(x.Dtype);
+        return new SparseTensor(f.MoveToOuterDisposeScope(), x.Coordinates);
+    }
+
+    /// <summary>TRELLIS's <c>initialize_weights</c>: Xavier-uniform linear weights with zero bias, N(0, 0.02²) timestep MLP,
+    /// zero adaLN modulation and output layer.</summary>
+    private void InitializeWeights()
+    {
+        if (input_layer.weight.is_meta) return;
+        using var _ = torch.no_grad();
+        foreach (var m in modules())
+            if (m is Linear l)
+            {
+                nn.init.xavier_uniform_(l.weight);
+                l.bias?.zero_();
+            }
+        foreach (var p in t_embedder.mlp.named_parameters())
+            if (p.name.EndsWith("weight", StringComparison.Ordinal)) nn.init.normal_(p.parameter, 0, 0.02);
+        if (adaLN_modulation is not null)
+            foreach (var p in adaLN_modulation.parameters()) p.zero_();
+        foreach (var b in blocks)
+            if (b.adaLN_modulation is not null)
+                foreach (var p in b.adaLN_modulation.parameters()) p.zero_();
+        out_layer.weight.zero_();
+        out_layer.bias?.zero_();
+    }
+}
+
+/// <summary>
+/// TRELLIS's <c>ElasticSLatFlowModel</c>: the same network and forward as <see cref="SLatFlowModel"/> (TRELLIS's elastic
+/// variant only switches gradient checkpointing per block to save memory in training; this port has no gradient
+/// checkpointing, so the two are identical here).
+/// </summary>
+public sealed class ElasticSLatFlowModel : SLatFlowModel
+{
+    /// <summary>Builds the network.</summary>
+    public ElasticSLatFlowModel(SLatFlowConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base(config, dtype, device, nameof(ElasticSLatFlowModel))
+    {
+    }
+
+    /// <summary>Builds the network from a TRELLIS config (see <see cref="SLatFlowModel.FromConfig"/>).</summary>
+    public static new ElasticSLatFlowModel FromConfig(JsonElement args, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
+        new(SLatFlowConfig.FromJson(args), dtype, device);
+}

@@ -1,0 +1,227 @@
+using System.Text.Json;
+using MdtDist.Trellis.Representations;
+using MdtDist.Trellis.Sparse;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MdtDist.Trellis.Models;
+
+/// <summary>
+/// TRELLIS's <c>SparseSubdivideBlock3d</c>: <c>h = SiLU(GN(x))</c>; both h and x are subdivided (8 children per voxel,
+/// z fastest, children consecutive); <c>h = conv3(SiLU(GN(conv3(h))))</c>; output <c>h + skip(x)</c>, with skip a
+/// kernel-1 sparse conv (spconv's 1×1 quirk) when the channel count changes, identity otherwise.
+/// GN is <c>SparseGroupNorm32</c> (per sample, eps 1e-5, affine). Names: <c>act_layers.0</c>, <c>out_layers.{0,1,3}</c>,
+/// <c>skip_connection</c>.
+/// </summary>
+internal sealed class SparseSubdivideBlock3d : nn.Module
+{
+#pragma warning disable IDE1006 // PyTorch state_dict names
+    private readonly ModuleList<nn.Module> act_layers;
+    private readonly ModuleList<nn.Module> out_layers;
+    private readonly SparseConv3d? skip_connection;
+#pragma warning restore IDE1006
+
+    public SparseSubdivideBlock3d(long channels, int resolution, long? outChannels = null, int numGroups = 32,
+        ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base(nameof(SparseSubdivideBlock3d))
+    {
+        if (channels < 1) throw new ArgumentException($"channels must be >= 1, found {channels}.", nameof(channels));
+        Channels = channels;
+        Resolution = resolution;
+        OutChannels = outChannels ?? channels;
+        act_layers = new ModuleList<nn.Module>(new SparseGroupNorm32(numGroups, channels, 1e-5, true, dtype, device), nn.SiLU());
+        out_layers = new ModuleList<nn.Module>(
+            new SparseConv3d(channels, OutChannels, 3, true, dtype, device),
+            new SparseGroupNorm32(numGroups, OutChannels, 1e-5, true, dtype, device),
+            nn.SiLU(),
+            new SparseConv3d(OutChannels, OutChannels, 3, true, dtype, device));
+        skip_connection = OutChannels == channels ? null : new SparseConv3d(channels, OutChannels, 1, true, dtype, device);
+        RegisterComponents();
+    }
+
+    public long Channels { get; }
+
+    public long OutChannels { get; }
+
+    /// <summary>Input resolution (the output is at twice this).</summary>
+    public int Resolution { get; }
+
+    public SparseTensor Forward(SparseTensor x)
+    {
+        var gn1 = (SparseGroupNorm32)act_layers[0];
+        var conv1 = (SparseConv3d)out_layers[0];
+        var gn2 = (SparseGroupNorm32)out_layers[1];
+        var conv2 = (SparseConv3d)out_layers[3];
+
+        var h = gn1.Forward(x);
+        h = h.ReplaceFeats(nn.functional.silu(h.Feats));
+        h = SparseSpatial.Subdivide(h);
+        var xs = SparseSpatial.Subdivide(x);
+        h = conv1.Forward(h.ReplaceFeats(h.Feats.As(conv1.conv.weight.dtype)));
+        h = gn2.Forward(h);
+        h = h.ReplaceFeats(nn.functional.silu(h.Feats));
+        h = conv2.Forward(h.ReplaceFeats(h.Feats.As(conv2.conv.weight.dtype)));
+        var skip = skip_connection is null ? xs.Feats : skip_connection.Apply(xs.Feats.As(skip_connection.conv.weight.dtype), xs.Coordinates);
+        return h.ReplaceFeats(h.Feats + skip.As(h.Dtype));
+    }
+
+    /// <summary>Converts the convolutions to <paramref name="dtype"/> (TRELLIS's <c>convert_module_to_f16</c> leaves the norms).</summary>
+    internal void ConvertConvolutions(ScalarType dtype)
+    {
+        foreach (var m in modules())
+            if (m is SubMConv3dWeights w) w.to(dtype);
+    }
+}
+
+/// <summary>
+/// TRELLIS's structured-latent mesh decoder (<c>SLatMeshDecoder</c>, checkpoint <c>slat_dec_mesh_swin8_B_64l8m256c_fp16</c>)
+/// up to, not including, FlexiCubes: a <see cref="SparseTransformerBase"/> (swin attention), two
+/// <c>SparseSubdivideBlock3d</c> (C → C/4 at 2× resolution, C/4 → C/8 at 4×), and <c>out_layer = Linear(C/8, 53 or 101)</c>;
+/// each sample's output becomes the <see cref="FlexiCubesInputs"/> of a <c>4·resolution</c> grid.
+/// </summary>
+/// <remarks>State-dict names: <c>input_layer.*</c>, <c>blocks.{i}.*</c>, <c>upsample.{0,1}.*</c>, <c>out_layer.*</c>.</remarks>
+public sealed class SLatMeshDecoder : SparseTransformerBase
+{
+#pragma warning disable IDE1006 // PyTorch state_dict names
+    private readonly ModuleList<SparseSubdivideBlock3d> upsample;
+    private readonly Linear out_layer;
+#pragma warning restore IDE1006
+
+    /// <summary>Builds the decoder with TRELLIS's constructor arguments (<paramref name="useColor"/> is <c>representation_config['use_color']</c>).</summary>
+    /// <exception cref="ArgumentException">Unsupported or inconsistent arguments.</exception>
+    public SLatMeshDecoder(int resolution, int modelChannels, int latentChannels, int numBlocks, bool useColor = false,
+        int? numHeads = null, int numHeadChannels = 64, double mlpRatio = 4, string attnMode = "swin", int windowSize = 8,
+        string peMode = "ape", bool qkRmsNorm = false, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : this(32, resolution, modelChannels, latentChannels, numBlocks, useColor, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize,
+            peMode, qkRmsNorm, dtype, device)
+    {
+    }
+
+    /// <summary>As the public constructor, with the subdivide blocks' group count (TRELLIS fixes 32; tests shrink it).</summary>
+    internal SLatMeshDecoder(int subdivideNumGroups, int resolution, int modelChannels, int latentChannels, int numBlocks, bool useColor,
+        int? numHeads, int numHeadChannels, double mlpRatio, string attnMode, int windowSize, string peMode, bool qkRmsNorm,
+        ScalarType dtype, Device? device)
+        : base(nameof(SLatMeshDecoder), latentChannels, modelChannels, numBlocks, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize, peMode, qkRmsNorm, dtype, device)
+    {
+        if (resolution < 1) throw new ArgumentException($"resolution must be >= 1, found {resolution}.", nameof(resolution));
+        if (modelChannels % 8 != 0 || (modelChannels / 4) % subdivideNumGroups != 0 || (modelChannels / 8) % subdivideNumGroups != 0)
+            throw new ArgumentException(
+                $"model_channels {modelChannels} must be divisible by 8, and model_channels/4 and /8 by the subdivide blocks' num_groups {subdivideNumGroups}.",
+                nameof(modelChannels));
+        Resolution = resolution;
+        UseColor = useColor;
+        upsample = new ModuleList<SparseSubdivideBlock3d>(
+            new SparseSubdivideBlock3d(modelChannels, resolution, modelChannels / 4, subdivideNumGroups, dtype, device),
+            new SparseSubdivideBlock3d(modelChannels / 4, resolution * 2, modelChannels / 8, subdivideNumGroups, dtype, device));
+        out_layer = nn.Linear(modelChannels / 8, OutChannels, true, device, dtype);
+        RegisterComponents();
+    }
+
+    /// <summary>
+    /// Builds the decoder from a TRELLIS config: the <c>args</c> object of <c>ckpts/NAME.json</c>, or the whole
+    /// <c>{"name": "SLatMeshDecoder", "args": {...}}</c>. <c>use_fp16</c> and <c>use_checkpoint</c> are accepted; precision is
+    /// chosen by <paramref name="dtype"/> (and <see cref="ConvertTorso"/>). <c>representation_config</c> is required
+    /// (only its <c>use_color</c>, default false, is used).
+    /// </summary>
+    /// <exception cref="ArgumentException">Missing, unknown or unsupported arguments.</exception>
+    public static SLatMeshDecoder FromConfig(JsonElement args, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
+        FromConfig(args, dtype, device, 32);
+
+    internal static SLatMeshDecoder FromConfig(JsonElement args, ScalarType dtype, Device? device, int subdivideNumGroups)
+    {
+        var a = new ModelArgs(args, nameof(SLatMeshDecoder), "ElasticSLatMeshDecoder");
+        var rep = DecoderConfig.RepresentationConfig(args, nameof(SLatMeshDecoder));
+        a.Accept("representation_config");
+        bool useColor = false;
+        if (rep.TryGetProperty("use_color", out var uc) && uc.ValueKind != JsonValueKind.Null)
+            useColor = uc.ValueKind switch
+            {
+                JsonValueKind.True => true,
+                JsonValueKind.False => false,
+                _ => throw new ArgumentException($"SLatMeshDecoder config: representation_config.use_color must be true or false, found {uc.GetRawText()}.", "args"),
+            };
+        var extractor = a.String("mesh_extractor", "fc");
+        if (extractor != "fc")
+            throw new ArgumentException($"SLatMeshDecoder config: mesh_extractor '{extractor}' is not supported (only 'fc', FlexiCubes, TRELLIS's released decoder).", "args");
+        var dec = new SLatMeshDecoder(subdivideNumGroups,
+            a.Int("resolution"), a.Int("model_channels"), a.Int("latent_channels"), a.Int("num_blocks"), useColor,
+            a.IntOrNull("num_heads", null), a.Int("num_head_channels", 64), a.Double("mlp_ratio", 4), a.String("attn_mode", "swin"),
+            a.Int("window_size", 8), a.String("pe_mode", "ape"), a.Bool("qk_rms_norm", false), dtype, device);
+        a.Accept("use_fp16", "use_checkpoint");
+        a.RejectUnknown();
+        return dec;
+    }
+
+    /// <summary>Grid resolution of the input voxels (the mesh grid has <see cref="MeshResolution"/> = 4× this).</summary>
+    public int Resolution { get; }
+
+    /// <summary>Cubes per axis of the extraction grid: <c>4 · Resolution</c>.</summary>
+    public int MeshResolution => 4 * Resolution;
+
+    /// <summary>Whether the output carries per-vertex colours (and normal maps).</summary>
+    public bool UseColor { get; }
+
+    /// <summary>Output channels per cube: 101 with colour, 53 without.</summary>
+    public int OutChannels => UseColor ? FlexiCubesInputs.ChannelsWithColor : FlexiCubesInputs.ChannelsWithoutColor;
+
+    /// <summary>
+    /// Converts the transformer blocks' linear layers and the subdivide blocks' convolutions to <paramref name="dtype"/>
+    /// (TRELLIS's <c>convert_to_fp16</c> for this decoder; norms and the input/output layers keep their dtype).
+    /// </summary>
+    public new void ConvertTorso(ScalarType dtype)
+    {
+        base.ConvertTorso(dtype);
+        foreach (var block in upsample) block.ConvertConvolutions(dtype);
+    }
+
+    /// <summary>Decodes a structured latent into the FlexiCubes inputs of each sample.</summary>
+    /// <param name="x">Latent features <c>[N, latent_channels]</c> on voxels with coordinates in <c>[0, resolution)</c>.</param>
+    /// <returns>One <see cref="FlexiCubesInputs"/> per sample (the caller disposes them), in sample order.</returns>
+    /// <exception cref="ArgumentException">Wrong feature width, or coordinates outside the grid.</exception>
+    public IReadOnlyList<FlexiCubesInputs> Forward(SparseTensor x)
+    {
+        using var scope = torch.NewDisposeScope();
+        return ToRepresentation(ForwardFeatures(x));
+    }
+
+    /// <summary>
+    /// The network without the mesh extraction: per-cube features <c>[64·N, 53 or 101]</c> on the subdivided sites
+    /// (each input voxel's 64 cubes consecutive, in subdivision order), in the input dtype.
+    /// </summary>
+    public SparseTensor ForwardFeatures(SparseTensor x)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        if (x.Coordinates.MaxCoordinate >= Resolution)
+            throw new ArgumentException($"coords reach {x.Coordinates.MaxCoordinate}, outside the decoder's grid [0, {Resolution}).", nameof(x));
+        using var scope = torch.NewDisposeScope();
+        var h = ForwardTrunk(x);
+        foreach (var block in upsample) h = block.Forward(h);
+        var f = out_layer.forward(h.Feats.As(x.Dtype).As(out_layer.weight.dtype)).As(x.Dtype);
+        return new SparseTensor(f.MoveToOuterDisposeScope(), h.Coordinates);
+    }
+
+    /// <summary>TRELLIS's <c>to_representation</c> up to FlexiCubes: the extractor inputs of each sample.</summary>
+    /// <param name="h">Per-cube features (see <see cref="ForwardFeatures"/>) at <see cref="MeshResolution"/>.</param>
+    public IReadOnlyList<FlexiCubesInputs> ToRepresentation(SparseTensor h)
+    {
+        ArgumentNullException.ThrowIfNull(h);
+        var result = new List<FlexiCubesInputs>((int)h.BatchSize);
+        try
+        {
+            for (int b = 0; b < h.BatchSize; b++)
+            {
+                using var scope = torch.NewDisposeScope();
+                long start = h.Coordinates.RowOffsets[b], n = h.Coordinates.RowCounts[b];
+                var coords = h.Coordinates.Coords64.narrow(0, start, n)[.., 1..];
+                result.Add(FlexiCubesInputs.FromFeatures(coords, h.Feats.narrow(0, start, n), MeshResolution, UseColor));
+            }
+        }
+        catch
+        {
+            foreach (var r in result) r.Dispose();
+            throw;
+        }
+        return result;
+    }
+}

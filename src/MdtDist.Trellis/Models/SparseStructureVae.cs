@@ -1,0 +1,227 @@
+using System.Text.Json.Nodes;
+using MdtDist.Trellis.Checkpoints;
+using MdtDist.Trellis.Modules;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MdtDist.Trellis.Models;
+
+/// <summary>
+/// TRELLIS's structure VAE encoder (<c>trellis.models.sparse_structure_vae.SparseStructureEncoder</c>): a binary occupancy
+/// grid <c>[B, in, 64, 64, 64]</c> → latent mean / log-variance <c>[B, latent, 16, 16, 16]</c>. Parameter names as TRELLIS's
+/// state dict (<c>input_layer</c>, <c>blocks.N</c>, <c>middle_block.N</c>, <c>out_layer.0/2</c>).
+/// </summary>
+public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellisModel
+{
+#pragma warning disable IDE1006 // field names are the PyTorch state-dict names
+    private readonly Conv3d input_layer;
+    private readonly ModuleList<nn.Module<Tensor, Tensor>> blocks;
+    private readonly Sequential middle_block;
+    private readonly Sequential out_layer;
+#pragma warning restore IDE1006
+    private ScalarType? _torso;
+
+    /// <summary>Builds the encoder.</summary>
+    /// <param name="config">The constructor arguments.</param>
+    /// <param name="dtype">Parameter dtype: float32 (default), float64, float16 or bfloat16.</param>
+    /// <param name="device">Device (CPU by default).</param>
+    /// <exception cref="ArgumentException">Invalid config or dtype.</exception>
+    public SparseStructureEncoder(SparseStructureEncoderConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base(SparseStructureEncoderConfig.ClassName)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
+        Precision.RequireFloat(dtype, nameof(dtype));
+        Config = config;
+        var ch = config.Channels;
+        input_layer = nn.Conv3d(config.InChannels, ch[0], 3, padding: 1, device: device, dtype: dtype);
+        blocks = new ModuleList<nn.Module<Tensor, Tensor>>();
+        for (int i = 0; i < ch.Count; i++)
+        {
+            for (long j = 0; j < config.NumResBlocks; j++) blocks.Add(new ResBlock3d(ch[i], ch[i], config.NormType, dtype, device));
+            if (i < ch.Count - 1) blocks.Add(new DownsampleBlock3d(ch[i], ch[i + 1], "conv", dtype, device));
+        }
+        middle_block = nn.Sequential(Enumerable.Range(0, (int)config.NumResBlocksMiddle)
+            .Select(i => (i.ToString(System.Globalization.CultureInfo.InvariantCulture), (nn.Module<Tensor, Tensor>)new ResBlock3d(ch[^1], ch[^1], config.NormType, dtype, device))));
+        out_layer = nn.Sequential(
+            ("0", VaeNorm.Create(config.NormType, ch[^1], dtype, device)),
+            ("1", nn.SiLU()),
+            ("2", nn.Conv3d(ch[^1], config.LatentChannels * 2, 3, padding: 1, device: device, dtype: dtype)));
+        RegisterComponents();
+    }
+
+    /// <summary>The constructor arguments.</summary>
+    public SparseStructureEncoderConfig Config { get; }
+
+    /// <inheritdoc />
+    public string TrellisClassName => SparseStructureEncoderConfig.ClassName;
+
+    /// <inheritdoc />
+    public JsonObject ToConfigArgs() => Config.ToArgs();
+
+    /// <summary>The dtype of the input / output layers (the dtype inputs are expected in).</summary>
+    public ScalarType DType => input_layer.weight!.dtype;
+
+    /// <summary>The dtype the residual torso (blocks, middle block) computes in.</summary>
+    public ScalarType TorsoDType => _torso ?? DType;
+
+    /// <summary>Runs the torso (blocks and middle block) in <paramref name="dtype"/>, as TRELLIS's <c>convert_to_fp16</c> (convolutions converted; norms compute in at least float32).</summary>
+    public void SetTorsoDType(ScalarType dtype)
+    {
+        Precision.RequireFloat(dtype, nameof(dtype));
+        foreach (var m in TorsoLayers.ConvAndLinear(blocks).Concat(TorsoLayers.ConvAndLinear(middle_block))) m.to(dtype);
+        _torso = dtype;
+    }
+
+    /// <summary>The latent z (= mean, TRELLIS's default <c>sample_posterior=False</c>) of <paramref name="x"/> <c>[B, in, R, R, R]</c>.</summary>
+    public override Tensor forward(Tensor x)
+    {
+        var (z, mean, logvar) = Encode(x);
+        mean.Dispose(); logvar.Dispose();
+        return z;
+    }
+
+    /// <summary>
+    /// Encodes <paramref name="x"/> <c>[B, in, R, R, R]</c> (R divisible by 2^(stages−1)): returns z, mean and log-variance,
+    /// each <c>[B, latent, R', R', R']</c>. With <paramref name="samplePosterior"/>, z = mean + exp(logvar/2)·ε; otherwise z = mean.
+    /// </summary>
+    /// <exception cref="ArgumentException">Wrong rank, channel count or dtype.</exception>
+    public (Tensor Z, Tensor Mean, Tensor LogVar) Encode(Tensor x, bool samplePosterior = false, Generator? generator = null)
+    {
+        if (x.dim() != 5 || x.shape[1] != Config.InChannels)
+            throw new ArgumentException($"x: expected shape [B, {Config.InChannels}, X, Y, Z], found {Precision.Shape(x.shape)}.", nameof(x));
+        if (x.dtype != DType)
+            throw new ArgumentException($"x: dtype {x.dtype} differs from the model's parameter dtype {DType}.", nameof(x));
+        using var scope = torch.NewDisposeScope();
+        var h = input_layer.forward(x);
+        h = Precision.Cast(h, TorsoDType);
+        foreach (var b in blocks) h = b.forward(h);
+        h = middle_block.forward(h);
+        h = Precision.Cast(h, x.dtype);
+        h = out_layer.forward(h);
+        var parts = h.chunk(2, 1);
+        var mean = parts[0].contiguous();
+        var logvar = parts[1].contiguous();
+        Tensor z;
+        if (samplePosterior)
+        {
+            var std = torch.exp(0.5 * logvar);
+            z = mean + std * torch.randn(std.shape, dtype: std.dtype, device: std.device, generator: generator);
+        }
+        else z = mean.alias();
+        return (z.MoveToOuterDisposeScope(), mean.MoveToOuterDisposeScope(), logvar.MoveToOuterDisposeScope());
+    }
+}
+
+/// <summary>
+/// TRELLIS's structure VAE decoder (<c>trellis.models.sparse_structure_vae.SparseStructureDecoder</c>): latent
+/// <c>[B, latent, 16, 16, 16]</c> → occupancy logits <c>[B, out, 64, 64, 64]</c> (3D-conv residual blocks with pixel-shuffle
+/// upsampling). <see cref="DecodeOccupancy"/> gives the occupied voxel coordinates as TRELLIS's pipeline does.
+/// </summary>
+public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellisModel
+{
+#pragma warning disable IDE1006 // field names are the PyTorch state-dict names
+    private readonly Conv3d input_layer;
+    private readonly Sequential middle_block;
+    private readonly ModuleList<nn.Module<Tensor, Tensor>> blocks;
+    private readonly Sequential out_layer;
+#pragma warning restore IDE1006
+    private ScalarType? _torso;
+
+    /// <summary>Builds the decoder.</summary>
+    /// <param name="config">The constructor arguments.</param>
+    /// <param name="dtype">Parameter dtype: float32 (default), float64, float16 or bfloat16.</param>
+    /// <param name="device">Device (CPU by default).</param>
+    /// <exception cref="ArgumentException">Invalid config or dtype.</exception>
+    public SparseStructureDecoder(SparseStructureDecoderConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base(SparseStructureDecoderConfig.ClassName)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
+        Precision.RequireFloat(dtype, nameof(dtype));
+        Config = config;
+        var ch = config.Channels;
+        input_layer = nn.Conv3d(config.LatentChannels, ch[0], 3, padding: 1, device: device, dtype: dtype);
+        middle_block = nn.Sequential(Enumerable.Range(0, (int)config.NumResBlocksMiddle)
+            .Select(i => (i.ToString(System.Globalization.CultureInfo.InvariantCulture), (nn.Module<Tensor, Tensor>)new ResBlock3d(ch[0], ch[0], config.NormType, dtype, device))));
+        blocks = new ModuleList<nn.Module<Tensor, Tensor>>();
+        for (int i = 0; i < ch.Count; i++)
+        {
+            for (long j = 0; j < config.NumResBlocks; j++) blocks.Add(new ResBlock3d(ch[i], ch[i], config.NormType, dtype, device));
+            if (i < ch.Count - 1) blocks.Add(new UpsampleBlock3d(ch[i], ch[i + 1], "conv", dtype, device));
+        }
+        out_layer = nn.Sequential(
+            ("0", VaeNorm.Create(config.NormType, ch[^1], dtype, device)),
+            ("1", nn.SiLU()),
+            ("2", nn.Conv3d(ch[^1], config.OutChannels, 3, padding: 1, device: device, dtype: dtype)));
+        RegisterComponents();
+    }
+
+    /// <summary>The constructor arguments.</summary>
+    public SparseStructureDecoderConfig Config { get; }
+
+    /// <inheritdoc />
+    public string TrellisClassName => SparseStructureDecoderConfig.ClassName;
+
+    /// <inheritdoc />
+    public JsonObject ToConfigArgs() => Config.ToArgs();
+
+    /// <summary>The dtype of the input / output layers (the dtype inputs are expected in).</summary>
+    public ScalarType DType => input_layer.weight!.dtype;
+
+    /// <summary>The dtype the residual torso (middle block, blocks) computes in.</summary>
+    public ScalarType TorsoDType => _torso ?? DType;
+
+    /// <summary>Runs the torso in <paramref name="dtype"/>, as TRELLIS's <c>convert_to_fp16</c> (convolutions converted; norms compute in at least float32).</summary>
+    public void SetTorsoDType(ScalarType dtype)
+    {
+        Precision.RequireFloat(dtype, nameof(dtype));
+        foreach (var m in TorsoLayers.ConvAndLinear(blocks).Concat(TorsoLayers.ConvAndLinear(middle_block))) m.to(dtype);
+        _torso = dtype;
+    }
+
+    /// <summary>Occupancy logits <c>[B, out, R·2^(stages−1), ...]</c> of the latent <paramref name="z"/> <c>[B, latent, R, R, R]</c>.</summary>
+    /// <exception cref="ArgumentException">Wrong rank, channel count or dtype.</exception>
+    public override Tensor forward(Tensor z)
+    {
+        if (z.dim() != 5 || z.shape[1] != Config.LatentChannels)
+            throw new ArgumentException($"z: expected shape [B, {Config.LatentChannels}, X, Y, Z], found {Precision.Shape(z.shape)}.", nameof(z));
+        if (z.dtype != DType)
+            throw new ArgumentException($"z: dtype {z.dtype} differs from the model's parameter dtype {DType}.", nameof(z));
+        using var scope = torch.NewDisposeScope();
+        var h = input_layer.forward(z);
+        h = Precision.Cast(h, TorsoDType);
+        h = middle_block.forward(h);
+        foreach (var b in blocks) h = b.forward(h);
+        h = Precision.Cast(h, z.dtype);
+        h = out_layer.forward(h);
+        return h.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Decodes <paramref name="z"/> (without autograd) and returns the occupied voxels as TRELLIS's pipeline does:
+    /// <c>argwhere(logits &gt; 0)[:, [0, 2, 3, 4]]</c>, int32 rows (sample, x, y, z), row-major order.
+    /// </summary>
+    public Tensor DecodeOccupancy(Tensor z)
+    {
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var logits = forward(z);
+        return OccupiedCoords(logits).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The voxels whose logit is &gt; 0 in a logit grid <c>[B, C, X, Y, Z]</c>: int32 <c>[N, 4]</c> rows (sample, x, y, z)
+    /// in row-major order (channel dropped, as TRELLIS's <c>[:, [0, 2, 3, 4]]</c>; with C &gt; 1 a voxel appears once per positive channel).
+    /// </summary>
+    /// <exception cref="ArgumentException">The logits are not 5-D.</exception>
+    public static Tensor OccupiedCoords(Tensor logits)
+    {
+        if (logits.dim() != 5) throw new ArgumentException($"logits: expected [B, C, X, Y, Z], found {Precision.Shape(logits.shape)}.", nameof(logits));
+        using var scope = torch.NewDisposeScope();
+        var idx = torch.argwhere(logits > 0);
+        var cols = torch.tensor(new long[] { 0, 2, 3, 4 }, device: idx.device);
+        return idx.index_select(1, cols).to(ScalarType.Int32).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,172 @@
+using System.Text.Json.Nodes;
+using MdtDist.Trellis.Checkpoints;
+
+namespace MdtDist.Trellis.Models;
+
+/// <summary>
+/// Constructor arguments shared by TRELLIS's <c>SparseStructureEncoder</c> and <c>SparseStructureDecoder</c>
+/// (the 3D-conv structure VAE). Python keyword names in brackets; defaults are the Python defaults.
+/// </summary>
+public abstract record SparseStructureVaeConfig
+{
+    /// <summary>Latent channels (<c>latent_channels</c>).</summary>
+    public required long LatentChannels { get; init; }
+    /// <summary>Residual blocks per resolution (<c>num_res_blocks</c>).</summary>
+    public required long NumResBlocks { get; init; }
+    /// <summary>Channels per resolution stage (<c>channels</c>).</summary>
+    public required IReadOnlyList<long> Channels { get; init; }
+    /// <summary>Residual blocks in the middle (<c>num_res_blocks_middle</c>, default 2).</summary>
+    public long NumResBlocksMiddle { get; init; } = 2;
+    /// <summary>"layer" (channel LayerNorm, default) or "group" (GroupNorm, 32 groups) (<c>norm_type</c>).</summary>
+    public string NormType { get; init; } = "layer";
+    /// <summary>TRELLIS's <c>use_fp16</c> flag (kept for round trips; .NET selects compute precision explicitly).</summary>
+    public bool UseFp16 { get; init; }
+
+    /// <summary>The TRELLIS class name.</summary>
+    public abstract string TrellisClassName { get; }
+
+    /// <summary>Checks the shared arguments; adds problems to <paramref name="errors"/>.</summary>
+    protected void ValidateCommon(List<string> errors)
+    {
+        if (LatentChannels < 1) errors.Add($"latent_channels must be >= 1, got {LatentChannels}");
+        if (NumResBlocks < 0) errors.Add($"num_res_blocks must be >= 0, got {NumResBlocks}");
+        if (NumResBlocksMiddle < 0) errors.Add($"num_res_blocks_middle must be >= 0, got {NumResBlocksMiddle}");
+        if (Channels is null || Channels.Count == 0) errors.Add("channels must be a non-empty list");
+        else if (Channels.Any(c => c < 1)) errors.Add($"channels must all be >= 1, got [{string.Join(", ", Channels)}]");
+        if (NormType != "layer" && NormType != "group") errors.Add($"norm_type must be 'layer' or 'group', got '{NormType}'");
+        else if (NormType == "group" && Channels is not null && Channels.Any(c => c % 32 != 0))
+            errors.Add($"norm_type 'group' uses 32 groups, so every channel count must be a multiple of 32, got [{string.Join(", ", Channels)}]");
+    }
+
+    /// <summary>Throws one <see cref="ArgumentException"/> with every problem.</summary>
+    public abstract void Validate();
+
+    /// <summary>The <c>args</c> object (every argument, Python keyword names).</summary>
+    public abstract JsonObject ToArgs();
+
+    /// <summary>Writes the shared arguments.</summary>
+    protected void WriteCommon(JsonObject o)
+    {
+        o["latent_channels"] = LatentChannels;
+        o["num_res_blocks"] = NumResBlocks;
+        o["channels"] = new JsonArray(Channels.Select(c => (JsonNode)JsonValue.Create(c)).ToArray());
+        o["num_res_blocks_middle"] = NumResBlocksMiddle;
+        o["norm_type"] = NormType;
+        o["use_fp16"] = UseFp16;
+    }
+
+    internal void Throw(List<string> errors)
+    {
+        if (errors.Count > 0) throw new ArgumentException($"invalid {TrellisClassName} config: {string.Join("; ", errors)}.", "config");
+    }
+}
+
+/// <summary>Constructor arguments of TRELLIS's <c>SparseStructureEncoder</c>.</summary>
+public sealed record SparseStructureEncoderConfig : SparseStructureVaeConfig
+{
+    /// <summary>The TRELLIS class name.</summary>
+    public const string ClassName = "SparseStructureEncoder";
+
+    /// <summary>Input channels (<c>in_channels</c>; 1 for an occupancy grid).</summary>
+    public required long InChannels { get; init; }
+
+    /// <inheritdoc />
+    public override string TrellisClassName => ClassName;
+
+    /// <summary>The released encoder <c>ss_enc_conv3d_16l8_fp16</c>.</summary>
+    public static SparseStructureEncoderConfig Released => new()
+    {
+        InChannels = 1, LatentChannels = 8, NumResBlocks = 2, NumResBlocksMiddle = 2, Channels = new long[] { 32, 128, 512 }, UseFp16 = true,
+    };
+
+    /// <inheritdoc />
+    public override void Validate()
+    {
+        var errors = new List<string>();
+        if (InChannels < 1) errors.Add($"in_channels must be >= 1, got {InChannels}");
+        ValidateCommon(errors);
+        Throw(errors);
+    }
+
+    /// <summary>Reads the <c>args</c> object of a checkpoint config.</summary>
+    /// <exception cref="ArgumentException">A missing, unknown or mistyped argument (all listed).</exception>
+    public static SparseStructureEncoderConfig FromArgs(JsonObject? args)
+    {
+        var a = new ConfigArgs(ClassName, args);
+        var cfg = new SparseStructureEncoderConfig
+        {
+            InChannels = a.Int("in_channels"),
+            LatentChannels = a.Int("latent_channels"),
+            NumResBlocks = a.Int("num_res_blocks"),
+            Channels = a.IntList("channels"),
+            NumResBlocksMiddle = a.Int("num_res_blocks_middle", 2),
+            NormType = a.String("norm_type", "layer"),
+            UseFp16 = a.Bool("use_fp16", false),
+        };
+        a.Finish();
+        return cfg;
+    }
+
+    /// <inheritdoc />
+    public override JsonObject ToArgs()
+    {
+        var o = new JsonObject { ["in_channels"] = InChannels };
+        WriteCommon(o);
+        return o;
+    }
+}
+
+/// <summary>Constructor arguments of TRELLIS's <c>SparseStructureDecoder</c>.</summary>
+public sealed record SparseStructureDecoderConfig : SparseStructureVaeConfig
+{
+    /// <summary>The TRELLIS class name.</summary>
+    public const string ClassName = "SparseStructureDecoder";
+
+    /// <summary>Output channels (<c>out_channels</c>; 1 occupancy logit).</summary>
+    public required long OutChannels { get; init; }
+
+    /// <inheritdoc />
+    public override string TrellisClassName => ClassName;
+
+    /// <summary>The released decoder <c>ss_dec_conv3d_16l8_fp16</c> (16³×8 latent → 64³ logits).</summary>
+    public static SparseStructureDecoderConfig Released => new()
+    {
+        OutChannels = 1, LatentChannels = 8, NumResBlocks = 2, NumResBlocksMiddle = 2, Channels = new long[] { 512, 128, 32 }, UseFp16 = true,
+    };
+
+    /// <inheritdoc />
+    public override void Validate()
+    {
+        var errors = new List<string>();
+        if (OutChannels < 1) errors.Add($"out_channels must be >= 1, got {OutChannels}");
+        ValidateCommon(errors);
+        Throw(errors);
+    }
+
+    /// <summary>Reads the <c>args</c> object of a checkpoint config.</summary>
+    /// <exception cref="ArgumentException">A missing, unknown or mistyped argument (all listed).</exception>
+    public static SparseStructureDecoderConfig FromArgs(JsonObject? args)
+    {
+        var a = new ConfigArgs(ClassName, args);
+        var cfg = new SparseStructureDecoderConfig
+        {
+            OutChannels = a.Int("out_channels"),
+            LatentChannels = a.Int("latent_channels"),
+            NumResBlocks = a.Int("num_res_blocks"),
+            Channels = a.IntList("channels"),
+            NumResBlocksMiddle = a.Int("num_res_blocks_middle", 2),
+            NormType = a.String("norm_type", "layer"),
+            UseFp16 = a.Bool("use_fp16", false),
+        };
+        a.Finish();
+        return cfg;
+    }
+
+    /// <inheritdoc />
+    public override JsonObject ToArgs()
+    {
+        var o = new JsonObject { ["out_channels"] = OutChannels };
+        WriteCommon(o);
+        return o;
+    }
+}

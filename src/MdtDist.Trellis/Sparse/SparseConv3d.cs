@@ -1,0 +1,158 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MdtDist.Trellis.Sparse;
+
+/// <summary>Neighbour maps of submanifold convolutions, built once per coordinate set.</summary>
+internal static class SparseNeighbours
+{
+    /// <summary>Largest dense index volume (entries) used for the lookup; larger grids use a sorted-code search.</summary>
+    internal static long DenseVolumeLimit = 1L << 24;
+
+    /// <summary>
+    /// <c>[N, K³]</c> int64: for row p and kernel offset o = (i·K + j)·K + k, the row holding the voxel
+    /// <c>p + (i - r, j - r, k - r)</c> of the same sample (r = (K-1)/2), or N when that voxel is not active.
+    /// </summary>
+    public static Tensor Map(SparseCoordinates c, int kernelSize) =>
+        c.GetOrAdd($"nbr_{kernelSize}", () => Build(c, kernelSize).DetachFromDisposeScope());
+
+    private static Tensor Build(SparseCoordinates c, int k)
+    {
+        long n = c.Count;
+        int r = (k - 1) / 2;
+        var device = c.Device;
+        if (n == 0) return torch.zeros(0, (long)k * k * k, dtype: ScalarType.Int64, device: device);
+        long xp = c.Extent[0] + 2 * r, yp = c.Extent[1] + 2 * r, zp = c.Extent[2] + 2 * r;
+        var co = c.Coords64;
+        // Linear code of each site in a per-sample box padded by r on every side, so that no offset wraps
+        // into another row, plane or sample.
+        var code = ((co[.., 0] * xp + (co[.., 1] + r)) * yp + (co[.., 2] + r)) * zp + (co[.., 3] + r);
+        var deltas = new long[k * k * k];
+        int o = 0;
+        for (int i = -r; i <= r; i++)
+            for (int j = -r; j <= r; j++)
+                for (int l = -r; l <= r; l++)
+                    deltas[o++] = (i * yp + j) * zp + l;
+        var query = code.unsqueeze(1) + torch.tensor(deltas, device: device).unsqueeze(0); // [N, K³]
+        long volume = c.BatchSize * xp * yp * zp;
+        if (volume <= DenseVolumeLimit)
+        {
+            var vol = torch.full(volume, n, dtype: ScalarType.Int64, device: device);
+            vol.index_put_(torch.arange(n, dtype: ScalarType.Int64, device: device), code);
+            return vol.index_select(0, query.flatten()).view(n, -1);
+        }
+        else
+        {
+            var (sorted, order) = code.sort();
+            var flat = query.flatten();
+            var pos = torch.searchsorted(sorted, flat).clamp_max(n - 1);
+            var found = sorted.index_select(0, pos).eq(flat);
+            var rows = order.index_select(0, pos);
+            return torch.where(found, rows, torch.full_like(rows, n)).view(n, -1);
+        }
+    }
+}
+
+/// <summary>The parameters of spconv's <c>SubMConv3d</c>: <c>weight [out, K, K, K, in]</c> ("KRSC") and <c>bias [out]</c>.</summary>
+internal sealed class SubMConv3dWeights : nn.Module
+{
+#pragma warning disable IDE1006 // PyTorch state_dict names
+    public Parameter weight;
+    public Parameter? bias;
+#pragma warning restore IDE1006
+
+    public SubMConv3dWeights(long inChannels, long outChannels, int kernelSize, bool hasBias, ScalarType dtype, Device? device)
+        : base("SubMConv3d")
+    {
+        weight = new Parameter(torch.empty(new[] { outChannels, kernelSize, kernelSize, kernelSize, inChannels }, dtype: dtype, device: device));
+        bias = hasBias ? new Parameter(torch.empty(new[] { outChannels }, dtype: dtype, device: device)) : null;
+        if (!weight.is_meta)
+        {
+            using var _ = torch.no_grad();
+            double fanIn = (double)kernelSize * kernelSize * kernelSize * inChannels;
+            double bound = 1.0 / Math.Sqrt(fanIn);
+            weight.uniform_(-bound, bound);
+            bias?.uniform_(-bound, bound);
+        }
+        RegisterComponents();
+    }
+}
+
+/// <summary>
+/// TRELLIS's <c>sp.SparseConv3d</c> with stride 1: spconv's submanifold convolution (<c>SubMConv3d</c>).
+/// Output sites = input sites, same row order;
+/// <c>out[p] = bias + Σ_{i,j,k} W[:, i, j, k, :] · in[p + (i - r, j - r, k - r)]</c> over active neighbours of the same
+/// sample (a cross-correlation). A kernel of size 1 reproduces spconv's 1×1×1 quirk: the <c>[out, 1, 1, 1, in]</c>
+/// buffer is reinterpreted row-major as <c>[in, out]</c> (not transposed), i.e. <c>out = feats · W.view(in, out) + b</c>.
+/// </summary>
+internal sealed class SparseConv3d : nn.Module
+{
+    /// <summary>Rows per gather+GEMM chunk are chosen so that one gathered chunk holds at most this many elements.</summary>
+    internal static long GatherChunkElements = 1L << 23;
+
+#pragma warning disable IDE1006
+    public SubMConv3dWeights conv;
+#pragma warning restore IDE1006
+
+    public SparseConv3d(long inChannels, long outChannels, int kernelSize, bool hasBias = true, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base(nameof(SparseConv3d))
+    {
+        if (kernelSize < 1 || kernelSize % 2 == 0)
+            throw new ArgumentException($"only odd kernel sizes are supported for submanifold convolution, found {kernelSize}.", nameof(kernelSize));
+        InChannels = inChannels;
+        OutChannels = outChannels;
+        KernelSize = kernelSize;
+        conv = new SubMConv3dWeights(inChannels, outChannels, kernelSize, hasBias, dtype, device);
+        RegisterComponents();
+    }
+
+    public long InChannels { get; }
+    public long OutChannels { get; }
+    public int KernelSize { get; }
+
+    public SparseTensor Forward(SparseTensor x) => x.ReplaceFeats(Apply(x.Feats, x.Coordinates));
+
+    public Tensor Apply(Tensor feats, SparseCoordinates coords)
+    {
+        if (feats.dim() != 2 || feats.shape[1] != InChannels)
+            throw new ArgumentException($"sparse conv expects feats [N, {InChannels}], found [{string.Join(", ", feats.shape)}].", nameof(feats));
+        var w = conv.weight;
+        var b = conv.bias;
+        if (KernelSize == 1)
+        {
+            // spconv's conv1x1 path: weight buffer viewed row-major as [in, out].
+            var w2 = w.reshape(InChannels, OutChannels);
+            return b is null ? feats.matmul(w2) : torch.addmm(b, feats, w2, 1, 1);
+        }
+        return GatherGemm(feats, SparseNeighbours.Map(coords, KernelSize), w, b);
+    }
+
+    /// <summary>
+    /// One gather of the K³ neighbour rows of every site (a zero row stands in for inactive neighbours) followed by one
+    /// GEMM against the weight viewed as <c>[K³·in, out]</c>; rows are processed in chunks to bound the scratch memory.
+    /// </summary>
+    internal static Tensor GatherGemm(Tensor feats, Tensor nbr, Tensor weight, Tensor? bias)
+    {
+        long n = feats.shape[0], cin = feats.shape[1], cout = weight.shape[0];
+        long k3 = nbr.shape[1];
+        var wm = weight.permute(1, 2, 3, 4, 0).reshape(k3 * cin, cout);
+        if (n == 0) return torch.zeros(0, cout, dtype: feats.dtype, device: feats.device);
+        var padded = torch.cat(new[] { feats, torch.zeros(1, cin, dtype: feats.dtype, device: feats.device) }, 0);
+        nbr = nbr.On(feats.device);
+        long chunk = Math.Max(1, GatherChunkElements / (k3 * cin));
+        if (chunk >= n)
+        {
+            var g = padded.index_select(0, nbr.view(-1)).view(n, k3 * cin);
+            return bias is null ? g.matmul(wm) : torch.addmm(bias, g, wm, 1, 1);
+        }
+        var parts = new List<Tensor>();
+        for (long s = 0; s < n; s += chunk)
+        {
+            long e = Math.Min(n, s + chunk);
+            var g = padded.index_select(0, nbr.narrow(0, s, e - s).reshape(-1)).view(e - s, k3 * cin);
+            parts.Add(bias is null ? g.matmul(wm) : torch.addmm(bias, g, wm, 1, 1));
+        }
+        return torch.cat(parts, 0);
+    }
+}
