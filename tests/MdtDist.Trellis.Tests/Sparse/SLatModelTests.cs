@@ -266,6 +266,30 @@ public class SLatModelTests
         Assert.InRange(count, 595_000_000, 605_000_000); // 1.2 GB in fp16, the size of the released safetensors file
     }
 
+    /// <summary>Float32 (fused attention path) and a float16 torso (TRELLIS's convert_to_fp16) stay close to the float64 reference.</summary>
+    [Fact]
+    public void LowerPrecisionRunsFollowTheReference()
+    {
+        using var c = Case("slat_flow");
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        var model = SLatFlowModel.FromConfig(c.Config, ScalarType.Float32);
+        SparseGolden.LoadExact(model, c.WithPrefix("model."), c.Name);
+        var x = new SparseTensor(c["in.feats"].to(ScalarType.Float32), c["in.coords"], 16);
+        var y = model.Forward(x, c["in.t"].to(ScalarType.Float32), c["in.cond"].to(ScalarType.Float32));
+        Assert.Equal(ScalarType.Float32, y.Dtype);
+        double rel32 = SparseTestData.MaxRel(c["out.feats"], y.Feats);
+        Assert.True(rel32 < 1e-4, $"float32 rel {rel32}");
+
+        model.ConvertTorso(ScalarType.Float16);
+        Assert.Equal(ScalarType.Float16, model.TorsoDtype);
+        Assert.Equal(ScalarType.Float32, model.named_parameters().First(p => p.name == "blocks.0.norm2.weight").parameter.dtype);
+        var y16 = model.Forward(x, c["in.t"].to(ScalarType.Float32), c["in.cond"].to(ScalarType.Float32));
+        Assert.Equal(ScalarType.Float32, y16.Dtype);
+        double rel16 = SparseTestData.MaxRel(c["out.feats"], y16.Feats);
+        Assert.True(rel16 < 1e-2 && rel16 > rel32, $"float16 torso rel {rel16}");
+    }
+
     [Fact]
     public void ElasticFlowIsTheSameNetwork()
     {
