@@ -304,17 +304,24 @@ public class SLatFlowModel : nn.Module
         var skips = new List<Tensor>();
         foreach (var block in input_blocks)
         {
-            h = block.Forward(h, tEmb);
+            var hin = h;
+            h = Precision.Scoped(() => block.Forward(hin, tEmb));
             skips.Add(h.Feats);
         }
         h = h.ReplaceFeats(h.Feats + SparseEmbeddings.AbsolutePosition(h.Coordinates.Coords64[.., 1..], cfg.ModelChannels, torso));
-        foreach (var block in blocks) h = block.Forward(h, tEmb, c);
+        foreach (var block in blocks)
+        {
+            var hin = h;
+            h = Precision.Scoped(() => block.Forward(hin, tEmb, c));
+        }
         for (int i = 0; i < out_blocks.Count; i++)
         {
             var skip = skips[skips.Count - 1 - i];
-            h = cfg.UseSkipConnection
-                ? out_blocks[i].Forward(h.ReplaceFeats(torch.cat(new[] { h.Feats, skip }, 1)), tEmb)
-                : out_blocks[i].Forward(h, tEmb);
+            var block = out_blocks[i];
+            var hin = h;
+            h = Precision.Scoped(() => cfg.UseSkipConnection
+                ? block.Forward(hin.ReplaceFeats(torch.cat(new[] { hin.Feats, skip }, 1)), tEmb)
+                : block.Forward(hin, tEmb));
         }
         var f = Precision.LayerNorm(h.Feats, null, null, 1e-5);
         f = out_layer.forward(f.As(out_layer.weight.dtype)).As(x.Dtype);

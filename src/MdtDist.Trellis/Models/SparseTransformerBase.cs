@@ -9,6 +9,8 @@ namespace MdtDist.Trellis.Models;
 /// TRELLIS's <c>SparseTransformerBase</c>, the trunk of the structured-latent VAE encoder and decoders:
 /// <c>h = input_layer(feats) + APE(coords)</c>, then <c>num_blocks</c> sparse transformer blocks (attention "full" or
 /// "swin" with shift <c>(W // 2)·(i % 2)</c>). Parameter names: <c>input_layer.*</c>, <c>blocks.{i}.*</c>.
+/// Derived classes (in this assembly) add their own layers and must call <c>RegisterComponents()</c> at the end of
+/// their constructor.
 /// </summary>
 public abstract class SparseTransformerBase : nn.Module
 {
@@ -73,7 +75,11 @@ public abstract class SparseTransformerBase : nn.Module
         var h = input_layer.forward(x.Feats.As(inDtype));
         h = h + SparseEmbeddings.AbsolutePosition(x.Coordinates.Coords64[.., 1..], ModelChannels, inDtype);
         var hs = x.ReplaceFeats(h.As(TorsoDtype));
-        foreach (var block in blocks) hs = block.Forward(hs);
+        foreach (var block in blocks)
+        {
+            var hin = hs;
+            hs = Precision.Scoped(() => block.Forward(hin));
+        }
         return hs;
     }
 }

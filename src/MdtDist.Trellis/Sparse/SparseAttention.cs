@@ -133,7 +133,10 @@ internal static class SparseAttention
             {
                 var parts = new List<Tensor>();
                 for (long a = 0; a < lq; a += perChunk)
-                    parts.Add(Explicit(qh.narrow(2, a, Math.Min(lq, a + perChunk) - a), kt, vh, mask, scale));
+                {
+                    long a0 = a;
+                    parts.Add(Precision.Scoped(() => Explicit(qh.narrow(2, a0, Math.Min(lq, a0 + perChunk) - a0), kt, vh, mask, scale)));
+                }
                 o = torch.cat(parts, 2);
             }
         }
@@ -160,15 +163,18 @@ internal static class SparseAttention
         var outs = new List<Tensor>(plan.Chunks.Count);
         foreach (var c in plan.Chunks)
         {
-            var idx = c.Rows.view(-1);
-            var qi = q.index_select(0, idx).view(c.S, c.L, h, -1);
-            var ki = k.index_select(0, idx).view(c.S, c.L, h, -1);
-            var vi = v.index_select(0, idx).view(c.S, c.L, h, -1);
-            var o = Attend(qi, ki, vi, c.KeyValid).reshape(c.S * c.L, h, dv);
-            outs.Add(c.ValidFlat is null ? o : o.index_select(0, c.ValidFlat));
+            outs.Add(Precision.Scoped(() =>
+            {
+                var idx = c.Rows.On(q.device).view(-1);
+                var qi = q.index_select(0, idx).view(c.S, c.L, h, -1);
+                var ki = k.index_select(0, idx).view(c.S, c.L, h, -1);
+                var vi = v.index_select(0, idx).view(c.S, c.L, h, -1);
+                var o = Attend(qi, ki, vi, c.KeyValid?.On(q.device)).reshape(c.S * c.L, h, dv);
+                return c.ValidFlat is null ? o : o.index_select(0, c.ValidFlat.On(q.device));
+            }));
         }
         var cat = outs.Count == 1 ? outs[0] : torch.cat(outs, 0);
-        return cat.index_select(0, plan.Inverse);
+        return cat.index_select(0, plan.Inverse.On(cat.device));
     }
 
     /// <summary>
@@ -181,8 +187,8 @@ internal static class SparseAttention
         {
             long start = coords.RowOffsets[b], len = coords.RowCounts[b];
             if (len == 0) continue;
-            var qb = q.narrow(0, start, len).unsqueeze(0);
-            outs.Add(Attend(qb, k.narrow(0, b, 1), v.narrow(0, b, 1), null).squeeze(0));
+            int b0 = b;
+            outs.Add(Precision.Scoped(() => Attend(q.narrow(0, start, len).unsqueeze(0), k.narrow(0, b0, 1), v.narrow(0, b0, 1), null).squeeze(0)));
         }
         if (outs.Count == 0) return torch.zeros(new[] { 0, q.shape[1], v.shape[3] }, dtype: v.dtype, device: v.device);
         return outs.Count == 1 ? outs[0] : torch.cat(outs, 0);

@@ -160,8 +160,12 @@ internal sealed class SparseConv3d : nn.Module
         for (long s = 0; s < n; s += chunk)
         {
             long e = Math.Min(n, s + chunk);
-            var g = padded.index_select(0, nbr.narrow(0, s, e - s).reshape(-1)).view(e - s, k3 * cin);
-            parts.Add(bias is null ? g.matmul(wm) : torch.addmm(bias, g, wm, 1, 1));
+            long s0 = s;
+            parts.Add(Precision.Scoped(() =>
+            {
+                var g = padded.index_select(0, nbr.narrow(0, s0, e - s0).reshape(-1)).view(e - s0, k3 * cin);
+                return bias is null ? g.matmul(wm) : torch.addmm(bias, g, wm, 1, 1);
+            }));
         }
         return torch.cat(parts, 0);
     }

@@ -25,6 +25,23 @@ internal static class Precision
     public static Tensor On(this Tensor x, Device device) =>
         x.device_type == device.type && x.device_index == device.index ? x : x.to(device);
 
+    /// <summary>
+    /// Runs <paramref name="f"/> in its own dispose scope and moves its result out, so that the temporaries of one loop
+    /// iteration (a block, a chunk) are freed at once instead of living until the caller's scope ends.
+    /// </summary>
+    public static Tensor Scoped(Func<Tensor> f)
+    {
+        using var scope = torch.NewDisposeScope();
+        return f().MoveToOuterDisposeScope();
+    }
+
+    /// <summary><see cref="Scoped(Func{Tensor})"/> for a sparse result.</summary>
+    public static SparseTensor Scoped(Func<SparseTensor> f)
+    {
+        using var scope = torch.NewDisposeScope();
+        return f().MoveToOuterDisposeScope();
+    }
+
     /// <summary>Casts <paramref name="x"/> to <paramref name="dtype"/> when it differs.</summary>
     public static Tensor As(this Tensor x, ScalarType dtype) => x.dtype == dtype ? x : x.to(dtype);
 }

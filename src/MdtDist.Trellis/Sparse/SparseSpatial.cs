@@ -36,8 +36,12 @@ internal static class SparseSpatial
         fine.GetOrAdd($"downsample_{factor}", () =>
         {
             var co = fine.Coords64;
-            long ex = (fine.Extent[0] + factor - 1) / factor, ey = (fine.Extent[1] + factor - 1) / factor, ez = (fine.Extent[2] + factor - 1) / factor;
-            ex = Math.Max(ex, 1); ey = Math.Max(ey, 1); ez = Math.Max(ez, 1);
+            // Coarse extent per axis = max coarse coordinate + 1; codes are monotone in (b, x, y, z), so the sorted
+            // unique codes are the lexicographically sorted coarse sites.
+            var extent = fine.Count == 0
+                ? new long[] { 0, 0, 0 }
+                : fine.Extent.Select(e => (e - 1) / factor + 1).ToArray();
+            long ex = Math.Max(extent[0], 1), ey = Math.Max(extent[1], 1), ez = Math.Max(extent[2], 1);
             var cx = co[.., 1].div(factor, RoundingMode.floor);
             var cy = co[.., 2].div(factor, RoundingMode.floor);
             var cz = co[.., 3].div(factor, RoundingMode.floor);
@@ -52,11 +56,6 @@ internal static class SparseSpatial
             var coarseCoords = torch.stack(new[] { b, x, y, z }, 1).to(ScalarType.Int32);
             var bCpu = b.cpu();
             var rowCounts = torch.bincount(bCpu, minlength: fine.BatchSize).data<long>().ToArray();
-            var extent = new[]
-            {
-                (fine.Extent[0] - 1) / factor + 1, (fine.Extent[1] - 1) / factor + 1, (fine.Extent[2] - 1) / factor + 1,
-            };
-            if (fine.Count == 0) extent = new long[] { 0, 0, 0 };
             int? res = fine.Resolution is { } r ? (r + factor - 1) / factor : null;
             var coarse = new SparseCoordinates(coarseCoords, fine.BatchSize, rowCounts, res, extent);
             var map = new DownsampleMap(fine, coarse, inverse!.to(ScalarType.Int64).DetachFromDisposeScope(),

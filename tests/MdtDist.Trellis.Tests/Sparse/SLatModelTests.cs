@@ -266,6 +266,61 @@ public class SLatModelTests
         Assert.InRange(count, 595_000_000, 605_000_000); // 1.2 GB in fp16, the size of the released safetensors file
     }
 
+    /// <summary>Float32 (fused attention path) and a float16 torso (TRELLIS's convert_to_fp16) stay close to the float64 reference.</summary>
+    [Fact]
+    public void LowerPrecisionRunsFollowTheReference()
+    {
+        using var c = Case("slat_flow");
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        var model = SLatFlowModel.FromConfig(c.Config, ScalarType.Float32);
+        SparseGolden.LoadExact(model, c.WithPrefix("model."), c.Name);
+        var x = new SparseTensor(c["in.feats"].to(ScalarType.Float32), c["in.coords"], 16);
+        var y = model.Forward(x, c["in.t"].to(ScalarType.Float32), c["in.cond"].to(ScalarType.Float32));
+        Assert.Equal(ScalarType.Float32, y.Dtype);
+        double rel32 = SparseTestData.MaxRel(c["out.feats"], y.Feats);
+        Assert.True(rel32 < 1e-4, $"float32 rel {rel32}");
+
+        model.ConvertTorso(ScalarType.Float16);
+        Assert.Equal(ScalarType.Float16, model.TorsoDtype);
+        Assert.Equal(ScalarType.Float32, model.named_parameters().First(p => p.name == "blocks.0.norm2.weight").parameter.dtype);
+        var y16 = model.Forward(x, c["in.t"].to(ScalarType.Float32), c["in.cond"].to(ScalarType.Float32));
+        Assert.Equal(ScalarType.Float32, y16.Dtype);
+        double rel16 = SparseTestData.MaxRel(c["out.feats"], y16.Feats);
+        Assert.True(rel16 < 1e-2 && rel16 > rel32, $"float16 torso rel {rel16}");
+    }
+
+    /// <summary>Two IO stages (patch 4): the down-sampling chain and its up-sampling maps restore any row order.</summary>
+    [Fact]
+    public void TwoStageFlowRestoresRowOrder()
+    {
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        torch.manual_seed(21);
+        var cfg = new SLatFlowConfig
+        {
+            Resolution = 12, InChannels = 4, OutChannels = 3, ModelChannels = 24, CondChannels = 6, NumBlocks = 1, NumHeads = 2,
+            PatchSize = 4, NumIoResBlocks = 2, IoBlockChannels = new[] { 8, 16 }, QkRmsNorm = true,
+        };
+        var model = new SLatFlowModel(cfg, ScalarType.Float64);
+        foreach (var p in model.parameters()) p.normal_(0, 0.2); // TRELLIS zero-inits the output layers; make every path visible
+        var coords = SparseTestData.RandomCoords(12, new[] { 150, 90 }, 31);
+        var feats = torch.randn(coords.shape[0], 4, dtype: ScalarType.Float64);
+        var t = torch.tensor(new[] { 500.0, 20.0 }, dtype: ScalarType.Float64);
+        var cond = torch.randn(2, 5, 6, dtype: ScalarType.Float64);
+        var y = model.Forward(new SparseTensor(feats, coords, 12), t, cond).Feats;
+        var perm = PermuteWithinSamples(coords, 3);
+        var yp = model.Forward(new SparseTensor(feats.index_select(0, perm), coords.index_select(0, perm), 12), t, cond).Feats;
+        Assert.True(SparseTestData.MaxRel(y.index_select(0, perm), yp) < 1e-12);
+        Assert.Equal(new long[] { coords.shape[0], 3 }, y.shape);
+        // sample 1 does not depend on sample 0's voxels or condition
+        var cond2 = cond.clone();
+        cond2[0] = torch.randn(5, 6, dtype: ScalarType.Float64);
+        var y2 = model.Forward(new SparseTensor(feats, coords, 12), t, cond2).Feats;
+        Assert.True(y2[150..].eq(y[150..]).all().item<bool>());
+        Assert.False(y2[..150].eq(y[..150]).all().item<bool>());
+    }
+
     [Fact]
     public void ElasticFlowIsTheSameNetwork()
     {
