@@ -82,6 +82,30 @@ public sealed record SLatFlowConfig
         return c;
     }
 
+    /// <summary>The TRELLIS constructor arguments (Python keyword names) of this config, as a checkpoint's <c>args</c>.</summary>
+    public System.Text.Json.Nodes.JsonObject ToArgs()
+    {
+        var o = new System.Text.Json.Nodes.JsonObject
+        {
+            ["resolution"] = Resolution, ["in_channels"] = InChannels, ["model_channels"] = ModelChannels,
+            ["cond_channels"] = CondChannels, ["out_channels"] = OutChannels, ["num_blocks"] = NumBlocks,
+        };
+        if (NumHeads is { } h) o["num_heads"] = h;
+        o["num_head_channels"] = NumHeadChannels;
+        o["mlp_ratio"] = MlpRatio;
+        o["patch_size"] = PatchSize;
+        o["num_io_res_blocks"] = NumIoResBlocks;
+        if (IoBlockChannels is { } io) o["io_block_channels"] = new System.Text.Json.Nodes.JsonArray(io.Select(c => (System.Text.Json.Nodes.JsonNode?)c).ToArray());
+        o["pe_mode"] = PeMode;
+        o["use_fp16"] = UseFp16;
+        o["use_checkpoint"] = UseCheckpoint;
+        o["use_skip_connection"] = UseSkipConnection;
+        o["share_mod"] = ShareMod;
+        o["qk_rms_norm"] = QkRmsNorm;
+        o["qk_rms_norm_cross"] = QkRmsNormCross;
+        return o;
+    }
+
     /// <summary>Checks the arguments as TRELLIS's constructor does, and rejects the combinations TRELLIS cannot run.</summary>
     /// <exception cref="ArgumentException">The configuration is invalid or unsupported.</exception>
     public void Validate()
@@ -179,7 +203,7 @@ internal sealed class SparseResBlock3d : nn.Module
 /// condition tokens), residual output blocks that up-sample back (concatenating the skips), a parameter-free
 /// LayerNorm and the output layer. Parameter names match TRELLIS's state_dict.
 /// </summary>
-public class SLatFlowModel : nn.Module
+public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisModel
 {
 #pragma warning disable IDE1006
     private SLatTimestepEmbedder t_embedder;
@@ -254,6 +278,12 @@ public class SLatFlowModel : nn.Module
 
     /// <summary>The configuration.</summary>
     public SLatFlowConfig Config { get; }
+
+    /// <inheritdoc />
+    public virtual string TrellisClassName => "SLatFlowModel";
+
+    /// <inheritdoc />
+    public System.Text.Json.Nodes.JsonObject ToConfigArgs() => Config.ToArgs();
 
     /// <summary>The dtype of the IO blocks and transformer blocks (TRELLIS's <c>self.dtype</c>).</summary>
     public ScalarType TorsoDtype =>
@@ -368,4 +398,7 @@ public sealed class ElasticSLatFlowModel : SLatFlowModel
     /// <summary>Builds the network from a TRELLIS config (see <see cref="SLatFlowModel.FromConfig"/>).</summary>
     public static new ElasticSLatFlowModel FromConfig(JsonElement args, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
         new(SLatFlowConfig.FromJson(args), dtype, device);
+
+    /// <inheritdoc />
+    public override string TrellisClassName => "ElasticSLatFlowModel";
 }
