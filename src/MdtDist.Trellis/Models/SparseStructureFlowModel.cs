@@ -83,7 +83,7 @@ public sealed class SparseStructureFlowModel : nn.Module<Tensor, Tensor, Tensor,
 
     private ScalarType? _torso;
 
-    /// <summary>How attention is computed (default <see cref="AttentionBackend.Auto"/>: fused SDPA on CUDA, exact math otherwise).</summary>
+    /// <summary>How attention is computed (default <see cref="AttentionBackend.Auto"/>: fused SDPA for float32/float16/bfloat16 on any device, exact math for float64).</summary>
     public AttentionBackend AttentionBackend
     {
         get => _backend;

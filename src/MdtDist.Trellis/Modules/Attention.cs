@@ -11,7 +11,7 @@ internal static class DenseAttention
     /// <summary>Resolves <see cref="AttentionBackend.Auto"/> for tensors like <paramref name="q"/>.</summary>
     public static AttentionBackend Resolve(AttentionBackend backend, Tensor q) => backend switch
     {
-        AttentionBackend.Auto => q.device.type == DeviceType.CUDA && q.dtype != ScalarType.Float64 ? AttentionBackend.Sdpa : AttentionBackend.Math,
+        AttentionBackend.Auto => q.dtype != ScalarType.Float64 ? AttentionBackend.Sdpa : AttentionBackend.Math,
         _ => backend,
     };
 
