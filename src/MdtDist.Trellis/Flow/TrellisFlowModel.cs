@@ -13,7 +13,7 @@ namespace MdtDist.Trellis.Flow;
 /// condition being repeated to B as TRELLIS does. Inputs are cast to the network's dtype and device and the velocity is
 /// returned in the latent's dtype and device.
 /// </summary>
-public sealed class TrellisFlowModel : IFlowModel
+public sealed class TrellisFlowModel : MdtDist.Core.Training.IFlowNetwork
 {
     /// <summary>Wraps <paramref name="network"/>.</summary>
     /// <exception cref="ArgumentException">The network's out_channels differ from its in_channels (its output is then no velocity of the latent).</exception>
@@ -26,6 +26,9 @@ public sealed class TrellisFlowModel : IFlowModel
 
     /// <summary>The wrapped network.</summary>
     public SparseStructureFlowModel Network { get; }
+
+    /// <inheritdoc />
+    public nn.Module Module => Network;
 
     /// <summary>The latent shape for <paramref name="batchSize"/> samples: <c>[B, in_channels, R, R, R]</c>.</summary>
     public long[] LatentShape(long batchSize)

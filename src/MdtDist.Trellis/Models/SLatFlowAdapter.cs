@@ -10,13 +10,16 @@ namespace MdtDist.Trellis.Models;
 /// <see cref="SparseLatentLayout"/> (its coordinates rebuild the <see cref="SparseTensor"/>), t ∈ [0, 1] is scaled by
 /// 1000 as TRELLIS's samplers and trainers do, and a condition with batch 1 is repeated to the batch.
 /// </summary>
-public sealed class SLatFlowAdapter : IFlowModel
+public sealed class SLatFlowAdapter : MdtDist.Core.Training.IFlowNetwork
 {
     /// <summary>Wraps <paramref name="model"/>.</summary>
     public SLatFlowAdapter(SLatFlowModel model) => Model = model ?? throw new ArgumentNullException(nameof(model));
 
     /// <summary>The wrapped network.</summary>
     public SLatFlowModel Model { get; }
+
+    /// <inheritdoc />
+    public nn.Module Module => Model;
 
     /// <inheritdoc />
     /// <exception cref="ArgumentException">The latent is not sparse, t is not <c>[B]</c>, or the condition is missing or
