@@ -211,6 +211,22 @@ public sealed class MdtDistillerTests : IDisposable
         Assert.All(bins.Values, v => Assert.True(v > 0 && double.IsFinite(v)));
     }
 
+    [Theory]
+    [InlineData(DistillationMode.Continuous)]
+    [InlineData(DistillationMode.ConsistencyModel)]
+    public void OtherModesTrainThroughTheSameDistiller(DistillationMode mode)
+    {
+        var objective = MdtDistObjective.Create(new MdtDistSettings { Mode = mode, Multiphase = 2, GuidanceVm = 0, GuidanceVd = 0 });
+        var teacher = new MlpFlow(Dim, 16, 2, seed: 7);
+        MlpFlow? student = null;
+        using var d = MdtDistiller.FromTeacher(teacher, () => student = new MlpFlow(Dim, 16, 2, seed: 99), objective, Options());
+        var before = ParamUtil.Snapshot(student!.Module);
+        var last = d.Train(Data(), 3)!;
+        Assert.Equal(0, d.SkippedSteps);
+        Assert.True(double.IsFinite(last.Loss) && last.LossVm is not null && last.LossVd is not null);
+        Assert.False(ParamUtil.BitEqual(before, ParamUtil.Snapshot(student.Module)));
+    }
+
     [Fact]
     public void EmaFollowsTrellisUpdateRule()
     {
