@@ -194,6 +194,40 @@ public sealed class MdtDistillerTests : IDisposable
     }
 
     [Fact]
+    public void LogsTimeBinnedLossesAndWarnsAboutSkippedSteps()
+    {
+        var logger = new ListLogger();
+        var teacher = new MlpFlow(Dim, 16, 2, seed: 7);
+        using var d = MdtDistiller.FromTeacher(teacher, () => new MlpFlow(Dim, 16, 2, seed: 99), Objective(), Options() with { LogEvery = 2, BatchSplit = 1 }, logger);
+        var reports = new List<DistillationProgress>();
+        d.Train(Data(batch: 64, nanStep: 2), 4, new SyncProgress<DistillationProgress>(reports.Add));
+        var info = logger.Entries.Where(e => e.Level == Microsoft.Extensions.Logging.LogLevel.Information && e.Message.StartsWith("Step ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2, info.Count); // steps 2 and 4
+        Assert.Contains("bin_", info[1].Message);
+        Assert.Single(logger.Entries, e => e.Level == Microsoft.Extensions.Logging.LogLevel.Warning && e.Message.Contains("skipped"));
+        // the bins of a report are the per-sample loss means of its samples, grouped by t (64 samples, logit-normal(1,1) times)
+        var bins = reports[0].TimeBinLoss;
+        Assert.True(bins.Count >= 4 && bins.Keys.All(k => k is >= 0 and < 10));
+        Assert.All(bins.Values, v => Assert.True(v > 0 && double.IsFinite(v)));
+    }
+
+    [Theory]
+    [InlineData(DistillationMode.Continuous)]
+    [InlineData(DistillationMode.ConsistencyModel)]
+    public void OtherModesTrainThroughTheSameDistiller(DistillationMode mode)
+    {
+        var objective = MdtDistObjective.Create(new MdtDistSettings { Mode = mode, Multiphase = 2, GuidanceVm = 0, GuidanceVd = 0 });
+        var teacher = new MlpFlow(Dim, 16, 2, seed: 7);
+        MlpFlow? student = null;
+        using var d = MdtDistiller.FromTeacher(teacher, () => student = new MlpFlow(Dim, 16, 2, seed: 99), objective, Options());
+        var before = ParamUtil.Snapshot(student!.Module);
+        var last = d.Train(Data(), 3)!;
+        Assert.Equal(0, d.SkippedSteps);
+        Assert.True(double.IsFinite(last.Loss) && last.LossVm is not null && last.LossVd is not null);
+        Assert.False(ParamUtil.BitEqual(before, ParamUtil.Snapshot(student.Module)));
+    }
+
+    [Fact]
     public void EmaFollowsTrellisUpdateRule()
     {
         using var d = Create(Options() with { Clipping = null, BatchSplit = 1 });
@@ -277,6 +311,15 @@ public sealed class MdtDistillerTests : IDisposable
         Assert.Equal(1, rp[1].X0.BatchSize);
         Assert.Throws<ArgumentException>(() => dense.Split(6));
     }
+}
+
+internal sealed class ListLogger : Microsoft.Extensions.Logging.ILogger
+{
+    public List<(Microsoft.Extensions.Logging.LogLevel Level, string Message)> Entries { get; } = new();
+    public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+    public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
+    public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+        Entries.Add((logLevel, formatter(state, exception)));
 }
 
 public class AdaptiveGradClipperTests

@@ -50,13 +50,17 @@ internal sealed class MlpFlow : IFlowNetwork
 {
     private readonly MlpVelocity _mlp;
 
-    public MlpFlow(int dim, int hidden, int layers, ulong seed, ScalarType dtype = ScalarType.Float32, ScalarType? paramDType = null)
+    public MlpFlow(int dim, int hidden, int layers, ulong seed, ScalarType dtype = ScalarType.Float32, ScalarType? paramDType = null, double inputScale = 1.0)
     {
+        InputScale = inputScale;
         _mlp = new MlpVelocity(dim, hidden, layers, seed, paramDType ?? dtype);
         ComputeDType = paramDType;
     }
 
     public ScalarType? ComputeDType { get; }
+
+    /// <summary>x is multiplied by this before the first layer (steeper features for maps with sharp transitions).</summary>
+    public double InputScale { get; }
 
     /// <summary>When true, the output carries a term whose value is 0 but whose gradient is NaN.</summary>
     public bool PoisonGradient { get; set; }
@@ -66,7 +70,7 @@ internal sealed class MlpFlow : IFlowNetwork
     public Tensor Velocity(Latent x, Tensor t, Tensor? condition)
     {
         var tt = t.to(x.Data.dtype).unsqueeze(1);
-        var input = torch.cat(new[] { x.Data, tt, torch.sin(Math.PI * tt), torch.cos(Math.PI * tt) }, 1);
+        var input = torch.cat(new[] { InputScale == 1.0 ? x.Data : x.Data * InputScale, tt, torch.sin(Math.PI * tt), torch.cos(Math.PI * tt) }, 1);
         var v = ComputeDType is { } cd ? _mlp.forward(input.to(cd)).to(x.Data.dtype) : _mlp.forward(input);
         if (PoisonGradient)
         {
