@@ -21,7 +21,7 @@ public class GaussianDecoderTests
            "3d_filter_kernel_size": 9e-4, "scaling_bias": 4e-3, "opacity_bias": 0.1, "scaling_activation": "softplus"}}}
         """;
 
-    private static GoldenCase Case(string name) => new(Path.Combine(GoldenParityTests.GoldenDirectory, name + ".json"));
+    private static GoldenCase Case(string name) => new(Path.Combine(GoldenParityTests.BundledDirectory, name + ".json"));
 
     [Fact]
     public void ReleasedConfigBuildsWithTrellisNamesAndCount()

@@ -19,7 +19,7 @@ public class MeshDecoderTests
          "representation_config": {"use_color": true}}}
         """;
 
-    private static GoldenCase Case(string name) => new(Path.Combine(GoldenParityTests.GoldenDirectory, name + ".json"));
+    private static GoldenCase Case(string name) => new(Path.Combine(GoldenParityTests.BundledDirectory, name + ".json"));
 
     [Fact]
     public void ReleasedConfigBuildsWithTrellisNamesAndCount()

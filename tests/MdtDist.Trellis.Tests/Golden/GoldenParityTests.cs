@@ -9,6 +9,9 @@ namespace MdtDist.Trellis.Tests.Golden;
 /// </summary>
 public class GoldenParityTests
 {
+    /// <summary>The golden data shipped with this test project (unit tests that reuse golden inputs read it, not the override).</summary>
+    public static string BundledDirectory => Path.Combine(AppContext.BaseDirectory, "golden");
+
     public static string GoldenDirectory =>
         Environment.GetEnvironmentVariable("MDTDIST_GOLDEN_DIR") is { Length: > 0 } d ? d : Path.Combine(AppContext.BaseDirectory, "golden");
 

@@ -77,11 +77,11 @@ public sealed class GaussianPlyTests : IDisposable
     [Fact]
     public void ReadsTheFileTrellisWrote()
     {
-        var path = Path.Combine(GoldenParityTests.GoldenDirectory, "gs_ply.ply");
+        var path = Path.Combine(GoldenParityTests.BundledDirectory, "gs_ply.ply");
         var data = GaussianPly.Read(path);
         Assert.Equal(160, data.Count);
         Assert.Equal(17, data.Properties.Count);
-        using var golden = new GoldenCase(Path.Combine(GoldenParityTests.GoldenDirectory, "gs_ply.json"));
+        using var golden = new GoldenCase(Path.Combine(GoldenParityTests.BundledDirectory, "gs_ply.json"));
         using var t = data.ToTensor().to(ScalarType.Float64);
         Assert.True(golden["out.vertex"].eq(t).all().item<bool>());
         Assert.Equal((float)golden["out.vertex"][3, 16].item<double>(), data["rot_3"][3]);

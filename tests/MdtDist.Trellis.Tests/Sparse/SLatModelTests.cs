@@ -11,7 +11,7 @@ namespace MdtDist.Trellis.Tests.Sparse;
 
 public class SLatModelTests
 {
-    private static GoldenCase Case(string name) => new(Path.Combine(GoldenParityTests.GoldenDirectory, name + ".json"));
+    private static GoldenCase Case(string name) => new(Path.Combine(GoldenParityTests.BundledDirectory, name + ".json"));
 
     private static SLatFlowModel GoldenFlow(GoldenCase c)
     {
