@@ -85,7 +85,7 @@ public class TrellisLatencyBenchmarks
         using var r = _sampler.CreateSolver().Sample(_stage1, Latent.Dense(_noise1), _cond, _sampler.Grid());
     }
 
-    [Benchmark(Description = "stage 2: structured-latent flow (19k voxels)")]
+    [Benchmark(Description = "stage 2: structured-latent flow (14.6k voxels)")]
     public void Stage2()
     {
         using var r = _sampler.CreateSolver().Sample(_stage2, _noise2, _cond, _sampler.Grid());
