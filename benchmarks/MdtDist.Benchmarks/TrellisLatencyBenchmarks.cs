@@ -15,7 +15,7 @@ namespace MdtDist.Benchmarks;
 /// Latency of TRELLIS's two flow stages under the 25-step teacher schedule of TRELLIS-image-large (Euler, CFG 5 on
 /// t ∈ [0.5, 1], rescale 3: 44 network evaluations per stage) against MDT-dist student schedules of 1 and 2 Euler steps
 /// (no CFG: 1 evaluation per step). Stage 1 runs the sparse-structure DiT on its 16³ latent (4096 tokens); stage 2 runs
-/// the structured-latent flow on a fixed sphere shell of occupied voxels of the 64³ grid (about 19k voxels, a typical
+/// the structured-latent flow on a fixed sphere shell of occupied voxels of the 64³ grid (14,648 voxels, a typical
 /// object size) so that the work does not depend on random weights. Condition: 1374 tokens × 1024 (DINOv2 ViT-L/14-reg).
 /// The networks have TRELLIS's architecture at a width a CPU can run (128 channels, 4 blocks); set
 /// MDTDIST_BENCH_SCALE=L with a TorchSharp-cuda backend on a GPU machine for the released L configs (1024 channels,
