@@ -1,0 +1,3 @@
+using TrellisGenerate;
+
+return TrellisGenerateApp.Run(args, Console.Out);

@@ -1,0 +1,174 @@
+using System.Diagnostics;
+using System.Globalization;
+using MdtDist.Core.IO;
+using MdtDist.Trellis.Checkpoints;
+using MdtDist.Trellis.Models;
+using MdtDist.Trellis.Pipeline;
+using MdtDist.Trellis.Representations;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace TrellisGenerate;
+
+/// <summary>
+/// The whole TRELLIS pipeline in .NET: condition tokens → stage 1 → structure decoder → stage 2 → Gaussian decoder →
+/// one 3D Gaussian splatting .ply per sample, with the teacher's 25-step schedule or MDT-dist students with 1–2 steps.
+/// </summary>
+public static class TrellisGenerateApp
+{
+    /// <summary>How to call the sample.</summary>
+    public const string Usage = """
+        TrellisGenerate: run TRELLIS (both stages + Gaussian decoder) and write 3D Gaussian splatting .ply files.
+
+        usage: TrellisGenerate MODEL_DIR [options]
+               TrellisGenerate --random-tiny [options]     (tiny random networks, no download; a smoke test)
+
+        MODEL_DIR is a TRELLIS-image-large folder as released (pipeline.json + ckpts/), e.g.
+          huggingface-cli download JeffreyXiang/TRELLIS-image-large --local-dir TRELLIS-image-large
+
+        options:
+          --cond FILE          condition tokens [1 or B, L, 1024] in a .safetensors file (TRELLIS's layer-normed DINOv2
+                               features; the first tensor is used); without it the condition is all zeros
+          --ss-student STEM    an MDT-dist stage-1 student checkpoint (ckpts/NAME without extension)
+          --slat-student STEM  an MDT-dist stage-2 student checkpoint
+          --ss-steps N         stage-1 steps (default: pipeline.json, or 1 with --ss-student)
+          --slat-steps N       stage-2 steps (default: pipeline.json, or 1 with --slat-student)
+          --cfg W              guidance strength of both stages (students default to 0)
+          --seed S             noise seed (default 1)
+          --samples B          samples in one batch (default 1)
+          --device D           cpu (default) or cuda[:i] (needs a TorchSharp CUDA backend)
+          --out PREFIX         output prefix (default trellis: trellis_0.ply, trellis_1.ply, ...)
+        """;
+
+    /// <summary>Command-line entry point; returns the exit code.</summary>
+    public static int Run(string[] args, TextWriter log)
+    {
+        var o = new Dictionary<string, string>();
+        string? modelDir = null;
+        bool tiny = false;
+        for (int i = 0; i < args.Length; i++)
+        {
+            if (args[i] == "--random-tiny") { tiny = true; continue; }
+            if (args[i] is "-h" or "--help") { log.WriteLine(Usage); return 0; }
+            if (args[i].StartsWith("--", StringComparison.Ordinal))
+            {
+                if (i + 1 >= args.Length) { log.WriteLine($"error: {args[i]} needs a value.\n\n{Usage}"); return 2; }
+                o[args[i][2..]] = args[++i];
+                continue;
+            }
+            modelDir = args[i];
+        }
+        if (modelDir is null && !tiny) { log.WriteLine(Usage); return 1; }
+        try
+        {
+            var files = Generate(modelDir, tiny, o, log);
+            return files.Count > 0 ? 0 : 4;
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or StateDictMismatchException or ArgumentException or FormatException or KeyNotFoundException)
+        {
+            log.WriteLine($"error: {e.Message}");
+            return 3;
+        }
+    }
+
+    private static int Int(Dictionary<string, string> o, string key, int fallback) =>
+        o.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
+
+    /// <summary>Runs the pipeline and writes the .ply files; returns their paths.</summary>
+    public static IReadOnlyList<string> Generate(string? modelDir, bool tiny, Dictionary<string, string> o, TextWriter log)
+    {
+        var device = o.TryGetValue("device", out var d) ? torch.device(d) : CPU;
+        var pipeline = tiny ? TinyPipeline(device) : TrellisPipeline.FromFolder(modelDir!, ScalarType.Float32, device);
+        var ssSampler = pipeline.StructureSampler;
+        var slatSampler = pipeline.LatentSampler;
+        if (o.TryGetValue("ss-student", out var ssStem))
+        {
+            pipeline = pipeline.WithStructureFlow(TrellisCheckpoint.Load<SparseStructureFlowModel>(ssStem, ScalarType.Float32, device));
+            ssSampler = StageSampler.Student(1);
+        }
+        if (o.TryGetValue("slat-student", out var slatStem))
+        {
+            pipeline = pipeline.WithLatentFlow(TrellisCheckpoint.Load<SLatFlowModel>(slatStem, ScalarType.Float32, device));
+            slatSampler = StageSampler.Student(1);
+        }
+        ssSampler = ssSampler with { Steps = Int(o, "ss-steps", ssSampler.Steps) };
+        slatSampler = slatSampler with { Steps = Int(o, "slat-steps", slatSampler.Steps) };
+        if (o.TryGetValue("cfg", out var cfg))
+        {
+            double w = double.Parse(cfg, CultureInfo.InvariantCulture);
+            ssSampler = ssSampler with { CfgStrength = w };
+            slatSampler = slatSampler with { CfgStrength = w };
+        }
+        int samples = Int(o, "samples", 1);
+        Tensor cond;
+        if (o.TryGetValue("cond", out var condFile))
+        {
+            var tensors = SafeTensors.Load(condFile, ScalarType.Float32, device);
+            cond = tensors.Count > 0 ? tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).First().Value
+                                     : throw new InvalidDataException($"'{condFile}' holds no tensor.");
+        }
+        else cond = torch.zeros(new long[] { 1, tiny ? 6 : 1374, pipeline.ConditionChannels }, device: device);
+
+        log.WriteLine($"stage 1: {ssSampler.Steps} steps, cfg {ssSampler.CfgStrength} ({ssSampler.Evaluations()} evaluations); " +
+                      $"stage 2: {slatSampler.Steps} steps, cfg {slatSampler.CfgStrength} ({slatSampler.Evaluations()} evaluations)");
+        var watch = Stopwatch.StartNew();
+        bool live = ReferenceEquals(log, Console.Out) && !Console.IsOutputRedirected;
+        var progress = new Inline(p =>
+        {
+            if (p.Stage is not (TrellisStage.SparseStructure or TrellisStage.StructuredLatent)) return;
+            if (live) log.Write($"\r  {p.Stage}: step {p.Step}/{p.TotalSteps}   ");
+            if (p.Step == p.TotalSteps) log.WriteLine(live ? "" : $"  {p.Stage}: {p.TotalSteps} steps");
+        });
+        using var result = pipeline.Run(cond, new TrellisRunOptions
+        {
+            Seed = long.Parse(o.GetValueOrDefault("seed", "1"), CultureInfo.InvariantCulture), NumSamples = samples,
+            StructureSampler = ssSampler, LatentSampler = slatSampler, Progress = progress,
+        });
+        log.WriteLine($"done in {watch.Elapsed.TotalSeconds:F2} s (stage 1 {result.StructureTime.TotalSeconds:F2} s, structure decoder " +
+                      $"{result.DecodeStructureTime.TotalSeconds:F2} s, stage 2 {result.LatentTime.TotalSeconds:F2} s, Gaussian decoder {result.DecodeTime.TotalSeconds:F2} s)");
+        var prefix = o.GetValueOrDefault("out", "trellis");
+        var files = new List<string>();
+        foreach (var s in result.Samples)
+        {
+            if (s.IsEmpty || s.Gaussians is null)
+            {
+                log.WriteLine($"sample {s.Index}: the structure is empty; nothing written");
+                continue;
+            }
+            var path = $"{prefix}_{s.Index}.ply";
+            GaussianPly.Save(path, s.Gaussians);
+            files.Add(path);
+            log.WriteLine($"sample {s.Index}: {s.Coords.shape[0]} voxels, {s.Gaussians.Count} Gaussians -> {path}");
+        }
+        return files;
+    }
+
+    /// <summary>Tiny random networks of TRELLIS's architecture (4³ structure latent, 16³ grid) for a smoke test.</summary>
+    private static TrellisPipeline TinyPipeline(Device device)
+    {
+        nn.Module Build(string name, string args, long seed)
+        {
+            var m = TrellisCheckpoint.Build(new TrellisModelConfig(name, System.Text.Json.Nodes.JsonNode.Parse(args)!.AsObject()), ScalarType.Float32, device);
+            var g = new Generator((ulong)seed);
+            using var noGrad = torch.no_grad();
+            foreach (var (pname, p) in m.named_parameters())
+            {
+                using var r = torch.randn(p.shape, generator: g);
+                using var v = p.dim() >= 2 ? r / Math.Sqrt(p.numel() / (double)p.shape[0]) : pname.EndsWith("bias") ? r * 0.05 : 1 + 0.1 * r;
+                p.copy_(v.to(p.device));
+            }
+            return m;
+        }
+        return new TrellisPipeline(
+            (SparseStructureFlowModel)Build("SparseStructureFlowModel", """{"resolution": 4, "in_channels": 8, "out_channels": 8, "model_channels": 32, "cond_channels": 16, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "patch_size": 1, "pe_mode": "ape", "qk_rms_norm": true}""", 1),
+            (SparseStructureDecoder)Build("SparseStructureDecoder", """{"out_channels": 1, "latent_channels": 8, "num_res_blocks": 1, "channels": [16, 8, 8], "num_res_blocks_middle": 1}""", 2),
+            (SLatFlowModel)Build("SLatFlowModel", """{"resolution": 16, "in_channels": 8, "out_channels": 8, "model_channels": 32, "cond_channels": 16, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""", 3),
+            (SLatGaussianDecoder)Build("SLatGaussianDecoder", """{"resolution": 16, "model_channels": 32, "latent_channels": 8, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4, "pe_mode": "ape", "qk_rms_norm": false, "representation_config": {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1}, "perturb_offset": true, "voxel_size": 1.5, "num_gaussians": 8, "2d_filter_kernel_size": 0.1, "3d_filter_kernel_size": 0.0009, "scaling_bias": 0.004, "opacity_bias": 0.1, "scaling_activation": "softplus"}}""", 4),
+            structureSampler: StageSampler.TrellisImageLarge with { Steps = 12 }, latentSampler: StageSampler.TrellisImageLarge with { Steps = 12 });
+    }
+
+    private sealed class Inline(Action<TrellisProgress> a) : IProgress<TrellisProgress>
+    {
+        public void Report(TrellisProgress value) => a(value);
+    }
+}
