@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Modules;
 using System.Text.Json;
 using MdtDist.Trellis.Sparse;
 using TorchSharp;
@@ -187,9 +188,9 @@ internal sealed class SparseResBlock3d : nn.Module
         else if (_up) x = SparseSpatial.Upsample(x, 2);
         var scale = x.PerRow(ss[0]);
         var shift = x.PerRow(ss[1]);
-        var h = nn.functional.silu(norm1.Forward(x.Feats));
+        var h = nn.functional.silu(norm1.forward(x.Feats));
         h = conv1.Apply(h, x.Coordinates);
-        h = norm2.Forward(h) * (scale + 1) + shift;
+        h = norm2.forward(h) * (scale + 1) + shift;
         h = conv2.Apply(nn.functional.silu(h), x.Coordinates);
         h = h + (skip_connection is null ? x.Feats : skip_connection.forward(x.Feats));
         return x.ReplaceFeats(h);
@@ -206,7 +207,7 @@ internal sealed class SparseResBlock3d : nn.Module
 public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisModel
 {
 #pragma warning disable IDE1006
-    private SLatTimestepEmbedder t_embedder;
+    private MdtDist.Trellis.Modules.TimestepEmbedder t_embedder;
     private Sequential? adaLN_modulation;
     private Linear input_layer;
     private ModuleList<SparseResBlock3d> input_blocks;
@@ -232,7 +233,7 @@ public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisMode
         int heads = config.Heads;
         var io = config.IoBlockChannels;
 
-        t_embedder = new SLatTimestepEmbedder(c, 256, dtype, device);
+        t_embedder = new MdtDist.Trellis.Modules.TimestepEmbedder(c, 256, dtype, device);
         if (config.ShareMod)
             adaLN_modulation = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(c, 6 * c, true, device, dtype)));
         input_layer = nn.Linear(config.InChannels, io is null ? c : io[0], true, device, dtype);
@@ -326,7 +327,7 @@ public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisMode
         using var scope = torch.NewDisposeScope();
         var torso = TorsoDtype;
         var h = x.ReplaceFeats(input_layer.forward(x.Feats.As(input_layer.weight.dtype)).As(torso));
-        var tEmb = t_embedder.Forward(t.to(x.Device));
+        var tEmb = t_embedder.forward(t.to(x.Device));
         if (adaLN_modulation is not null) tEmb = adaLN_modulation.forward(tEmb);
         tEmb = tEmb.As(torso);
         var c = cond.to(torso, x.Device);
@@ -370,8 +371,7 @@ public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisMode
                 nn.init.xavier_uniform_(l.weight);
                 l.bias?.zero_();
             }
-        foreach (var p in t_embedder.mlp.named_parameters())
-            if (p.name.EndsWith("weight", StringComparison.Ordinal)) nn.init.normal_(p.parameter, 0, 0.02);
+        foreach (var l in t_embedder.Linears()) nn.init.normal_(l.weight, 0, 0.02);
         if (adaLN_modulation is not null)
             foreach (var p in adaLN_modulation.parameters()) p.zero_();
         foreach (var b in blocks)

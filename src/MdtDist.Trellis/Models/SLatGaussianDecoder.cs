@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Modules;
 using System.Text.Json;
 using MdtDist.Trellis.Representations;
 using MdtDist.Trellis.Sparse;

@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Modules;
 using MdtDist.Trellis.Sparse;
 using TorchSharp;
 using TorchSharp.Modules;

@@ -1,4 +1,5 @@
 using TorchSharp;
+using MdtDist.Trellis.Sparse;
 using static TorchSharp.torch;
 
 namespace MdtDist.Trellis.Modules;
@@ -28,4 +29,39 @@ internal static class Precision
 
     /// <summary>Formats a shape as [a, b, c].</summary>
     public static string Shape(long[] shape) => "[" + string.Join(", ", shape) + "]";
+
+    /// <summary><c>F.layer_norm</c> over the last axis, computed in at least float32, returned in the input dtype.</summary>
+    public static Tensor LayerNorm(Tensor x, Tensor? weight, Tensor? bias, double eps)
+    {
+        var ct = AtLeastFloat32(x.dtype);
+        var xc = x.dtype == ct ? x : x.to(ct);
+        var w = weight is null ? null : weight.dtype == ct ? weight : weight.to(ct);
+        var b = bias is null ? null : bias.dtype == ct ? bias : bias.to(ct);
+        var y = nn.functional.layer_norm(xc, new[] { x.shape[^1] }, w, b, eps);
+        return y.dtype == x.dtype ? y : y.to(x.dtype);
+    }
+
+    /// <summary>Moves <paramref name="x"/> to <paramref name="device"/> when it is elsewhere.</summary>
+    public static Tensor On(this Tensor x, Device device) =>
+        x.device_type == device.type && x.device_index == device.index ? x : x.to(device);
+
+    /// <summary>
+    /// Runs <paramref name="f"/> in its own dispose scope and moves its result out, so that the temporaries of one loop
+    /// iteration (a block, a chunk) are freed at once instead of living until the caller's scope ends.
+    /// </summary>
+    public static Tensor Scoped(Func<Tensor> f)
+    {
+        using var scope = torch.NewDisposeScope();
+        return f().MoveToOuterDisposeScope();
+    }
+
+    /// <summary><see cref="Scoped(Func{Tensor})"/> for a sparse result.</summary>
+    public static SparseTensor Scoped(Func<SparseTensor> f)
+    {
+        using var scope = torch.NewDisposeScope();
+        return f().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Casts <paramref name="x"/> to <paramref name="dtype"/> when it differs.</summary>
+    public static Tensor As(this Tensor x, ScalarType dtype) => x.dtype == dtype ? x : x.to(dtype);
 }

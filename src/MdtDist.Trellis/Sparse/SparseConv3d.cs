@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Modules;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

@@ -1,73 +1,9 @@
+using MdtDist.Trellis.Modules;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace MdtDist.Trellis.Sparse;
-
-/// <summary>Precision helpers shared by the sparse modules.</summary>
-internal static class Precision
-{
-    /// <summary>The dtype TRELLIS's "32" layers compute in: float32, or the input dtype when it is wider (float64).</summary>
-    public static ScalarType AtLeastFloat32(ScalarType t) => t == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-
-    /// <summary><c>F.layer_norm</c> over the last axis, computed in at least float32, returned in the input dtype.</summary>
-    public static Tensor LayerNorm(Tensor x, Tensor? weight, Tensor? bias, double eps)
-    {
-        var ct = AtLeastFloat32(x.dtype);
-        var xc = x.dtype == ct ? x : x.to(ct);
-        var w = weight is null ? null : weight.dtype == ct ? weight : weight.to(ct);
-        var b = bias is null ? null : bias.dtype == ct ? bias : bias.to(ct);
-        var y = nn.functional.layer_norm(xc, new[] { x.shape[^1] }, w, b, eps);
-        return y.dtype == x.dtype ? y : y.to(x.dtype);
-    }
-
-    /// <summary>Moves <paramref name="x"/> to <paramref name="device"/> when it is elsewhere.</summary>
-    public static Tensor On(this Tensor x, Device device) =>
-        x.device_type == device.type && x.device_index == device.index ? x : x.to(device);
-
-    /// <summary>
-    /// Runs <paramref name="f"/> in its own dispose scope and moves its result out, so that the temporaries of one loop
-    /// iteration (a block, a chunk) are freed at once instead of living until the caller's scope ends.
-    /// </summary>
-    public static Tensor Scoped(Func<Tensor> f)
-    {
-        using var scope = torch.NewDisposeScope();
-        return f().MoveToOuterDisposeScope();
-    }
-
-    /// <summary><see cref="Scoped(Func{Tensor})"/> for a sparse result.</summary>
-    public static SparseTensor Scoped(Func<SparseTensor> f)
-    {
-        using var scope = torch.NewDisposeScope();
-        return f().MoveToOuterDisposeScope();
-    }
-
-    /// <summary>Casts <paramref name="x"/> to <paramref name="dtype"/> when it differs.</summary>
-    public static Tensor As(this Tensor x, ScalarType dtype) => x.dtype == dtype ? x : x.to(dtype);
-}
-
-/// <summary>TRELLIS's <c>LayerNorm32</c> (an <c>nn.LayerNorm</c> computed in at least float32), optionally affine.</summary>
-internal sealed class LayerNorm32 : nn.Module
-{
-#pragma warning disable IDE1006
-    public Parameter? weight;
-    public Parameter? bias;
-#pragma warning restore IDE1006
-    private readonly double _eps;
-
-    public LayerNorm32(long channels, bool affine, double eps, ScalarType dtype, Device? device) : base(nameof(LayerNorm32))
-    {
-        _eps = eps;
-        if (affine)
-        {
-            weight = new Parameter(torch.ones(new[] { channels }, dtype: dtype, device: device));
-            bias = new Parameter(torch.zeros(new[] { channels }, dtype: dtype, device: device));
-        }
-        RegisterComponents();
-    }
-
-    public Tensor Forward(Tensor x) => Precision.LayerNorm(x, weight, bias, _eps);
-}
 
 /// <summary>
 /// TRELLIS's <c>SparseGroupNorm32</c>: a GroupNorm per sample over all of its voxels (channels split into groups),

@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Modules;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Modules;
 using MdtDist.Core.Flow;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Modules;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -73,8 +74,8 @@ internal sealed class SparseTransformerBlock : nn.Module
     public SparseTensor Forward(SparseTensor x)
     {
         var f = x.Feats;
-        f = f + attn.Forward(x.ReplaceFeats(norm1.Forward(f))).Feats;
-        f = f + mlp.Forward(norm2.Forward(f));
+        f = f + attn.Forward(x.ReplaceFeats(norm1.forward(f))).Feats;
+        f = f + mlp.Forward(norm2.forward(f));
         return x.ReplaceFeats(f);
     }
 }
@@ -126,13 +127,13 @@ internal sealed class ModulatedSparseTransformerCrossBlock : nn.Module
         var parts = rows.chunk(6, 1);
         Tensor shiftMsa = parts[0], scaleMsa = parts[1], gateMsa = parts[2], shiftMlp = parts[3], scaleMlp = parts[4], gateMlp = parts[5];
         var f = x.Feats;
-        var h = norm1.Forward(f) * (scaleMsa + 1) + shiftMsa;
+        var h = norm1.forward(f) * (scaleMsa + 1) + shiftMsa;
         h = self_attn.Forward(x.ReplaceFeats(h)).Feats;
         f = f + h * gateMsa;
-        h = norm2.Forward(f);
+        h = norm2.forward(f);
         h = cross_attn.Forward(x.ReplaceFeats(h), context).Feats;
         f = f + h;
-        h = norm3.Forward(f) * (scaleMlp + 1) + shiftMlp;
+        h = norm3.forward(f) * (scaleMlp + 1) + shiftMlp;
         h = mlp.Forward(h);
         f = f + h * gateMlp;
         return x.ReplaceFeats(f);
