@@ -196,30 +196,6 @@ internal static class SparseAttention
     }
 }
 
-/// <summary>TRELLIS's <c>SparseMultiHeadRMSNorm</c>: <c>F.normalize(x, dim=-1) · gamma[H, D] · √D</c>, in at least float32.</summary>
-internal sealed class SparseMultiHeadRMSNorm : nn.Module
-{
-#pragma warning disable IDE1006
-    public Parameter gamma;
-#pragma warning restore IDE1006
-    private readonly double _scale;
-
-    public SparseMultiHeadRMSNorm(long dim, long heads, ScalarType dtype, Device? device) : base("SparseMultiHeadRMSNorm")
-    {
-        _scale = Math.Sqrt(dim);
-        gamma = new Parameter(torch.ones(new[] { heads, dim }, dtype: dtype, device: device));
-        RegisterComponents();
-    }
-
-    /// <summary>x <c>[..., H, D]</c>.</summary>
-    public Tensor Forward(Tensor x)
-    {
-        var ct = Precision.AtLeastFloat32(x.dtype);
-        var y = nn.functional.normalize(x.As(ct), 2.0, -1, 1e-12) * gamma.As(ct) * _scale;
-        return y.As(x.dtype);
-    }
-}
-
 /// <summary>Attention partition of a sparse self-attention layer.</summary>
 internal enum SparseAttentionMode
 {
@@ -239,8 +215,8 @@ internal sealed class SparseMultiHeadAttention : nn.Module
     public Linear? to_qkv;
     public Linear? to_q;
     public Linear? to_kv;
-    public SparseMultiHeadRMSNorm? q_rms_norm;
-    public SparseMultiHeadRMSNorm? k_rms_norm;
+    public MultiHeadRMSNorm? q_rms_norm;
+    public MultiHeadRMSNorm? k_rms_norm;
     public Linear to_out;
 #pragma warning restore IDE1006
 
@@ -269,8 +245,8 @@ internal sealed class SparseMultiHeadAttention : nn.Module
         }
         if (qkRmsNorm)
         {
-            q_rms_norm = new SparseMultiHeadRMSNorm(channels / numHeads, numHeads, dtype, device);
-            k_rms_norm = new SparseMultiHeadRMSNorm(channels / numHeads, numHeads, dtype, device);
+            q_rms_norm = new MultiHeadRMSNorm(channels / numHeads, numHeads, dtype, device);
+            k_rms_norm = new MultiHeadRMSNorm(channels / numHeads, numHeads, dtype, device);
         }
         to_out = nn.Linear(channels, channels, true, device, dtype);
         RegisterComponents();
@@ -295,8 +271,8 @@ internal sealed class SparseMultiHeadAttention : nn.Module
         var v = qkv[.., 2];
         if (q_rms_norm is not null)
         {
-            q = q_rms_norm.Forward(q);
-            k = k_rms_norm!.Forward(k);
+            q = q_rms_norm.forward(q);
+            k = k_rms_norm!.forward(k);
         }
         var plan = Mode == SparseAttentionMode.Full
             ? AttentionPlan.Full(x.Coordinates)
@@ -318,8 +294,8 @@ internal sealed class SparseMultiHeadAttention : nn.Module
         var v = kv[.., .., 1];
         if (q_rms_norm is not null)
         {
-            q = q_rms_norm.Forward(q);
-            k = k_rms_norm!.Forward(k);
+            q = q_rms_norm.forward(q);
+            k = k_rms_norm!.forward(k);
         }
         var o = SparseAttention.CrossAttention(q, k, v, x.Coordinates).reshape(n, Channels);
         return x.ReplaceFeats(to_out.forward(o));

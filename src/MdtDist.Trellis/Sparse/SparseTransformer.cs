@@ -5,26 +5,6 @@ using static TorchSharp.torch;
 
 namespace MdtDist.Trellis.Sparse;
 
-/// <summary>TRELLIS's <c>SparseFeedForwardNet</c>: <c>mlp = Linear(C, C·r) → GELU(tanh) → Linear(C·r, C)</c>.</summary>
-internal sealed class SparseFeedForwardNet : nn.Module
-{
-#pragma warning disable IDE1006
-    public Sequential mlp;
-#pragma warning restore IDE1006
-
-    public SparseFeedForwardNet(long channels, double mlpRatio, ScalarType dtype, Device? device) : base(nameof(SparseFeedForwardNet))
-    {
-        long hidden = (long)(channels * mlpRatio);
-        mlp = nn.Sequential(
-            ("0", nn.Linear(channels, hidden, true, device, dtype)),
-            ("1", nn.GELU(GELU.Approximate.tanh)),
-            ("2", nn.Linear(hidden, channels, true, device, dtype)));
-        RegisterComponents();
-    }
-
-    public Tensor Forward(Tensor feats) => mlp.forward(feats);
-}
-
 /// <summary>The attention settings of one sparse transformer block.</summary>
 internal readonly record struct SparseBlockAttention(SparseAttentionMode Mode, int WindowSize, int ShiftWindow)
 {
@@ -56,7 +36,7 @@ internal sealed class SparseTransformerBlock : nn.Module
     public LayerNorm32 norm1;
     public LayerNorm32 norm2;
     public SparseMultiHeadAttention attn;
-    public SparseFeedForwardNet mlp;
+    public FeedForwardNet mlp;
 #pragma warning restore IDE1006
 
     public SparseTransformerBlock(long channels, long numHeads, double mlpRatio, SparseBlockAttention attention,
@@ -67,7 +47,7 @@ internal sealed class SparseTransformerBlock : nn.Module
         norm2 = new LayerNorm32(channels, lnAffine, 1e-6, dtype, device);
         attn = new SparseMultiHeadAttention(channels, numHeads, null, false, attention.Mode, attention.WindowSize, attention.ShiftWindow,
             qkvBias, qkRmsNorm, dtype, device);
-        mlp = new SparseFeedForwardNet(channels, mlpRatio, dtype, device);
+        mlp = new FeedForwardNet(channels, mlpRatio, dtype, device);
         RegisterComponents();
     }
 
@@ -75,7 +55,7 @@ internal sealed class SparseTransformerBlock : nn.Module
     {
         var f = x.Feats;
         f = f + attn.Forward(x.ReplaceFeats(norm1.forward(f))).Feats;
-        f = f + mlp.Forward(norm2.forward(f));
+        f = f + mlp.forward(norm2.forward(f));
         return x.ReplaceFeats(f);
     }
 }
@@ -93,7 +73,7 @@ internal sealed class ModulatedSparseTransformerCrossBlock : nn.Module
     public LayerNorm32 norm3;
     public SparseMultiHeadAttention self_attn;
     public SparseMultiHeadAttention cross_attn;
-    public SparseFeedForwardNet mlp;
+    public FeedForwardNet mlp;
     public Sequential? adaLN_modulation;
 #pragma warning restore IDE1006
 
@@ -109,7 +89,7 @@ internal sealed class ModulatedSparseTransformerCrossBlock : nn.Module
             qkvBias, qkRmsNorm, dtype, device);
         cross_attn = new SparseMultiHeadAttention(channels, numHeads, ctxChannels, true, SparseAttentionMode.Full, 0, 0,
             qkvBias, qkRmsNormCross, dtype, device);
-        mlp = new SparseFeedForwardNet(channels, mlpRatio, dtype, device);
+        mlp = new FeedForwardNet(channels, mlpRatio, dtype, device);
         if (!shareMod)
             adaLN_modulation = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(channels, 6 * channels, true, device, dtype)));
         RegisterComponents();
@@ -134,7 +114,7 @@ internal sealed class ModulatedSparseTransformerCrossBlock : nn.Module
         h = cross_attn.Forward(x.ReplaceFeats(h), context).Feats;
         f = f + h;
         h = norm3.forward(f) * (scaleMlp + 1) + shiftMlp;
-        h = mlp.Forward(h);
+        h = mlp.forward(h);
         f = f + h * gateMlp;
         return x.ReplaceFeats(f);
     }
