@@ -30,11 +30,9 @@ public sealed class SLatEncoder : SparseTransformerBase
     public SLatEncoder(int resolution, int inChannels, int modelChannels, int latentChannels, int numBlocks,
         int? numHeads = null, int numHeadChannels = 64, double mlpRatio = 4, string attnMode = "swin", int windowSize = 8,
         string peMode = "ape", bool qkRmsNorm = false, ScalarType dtype = ScalarType.Float32, Device? device = null)
-        : base(nameof(SLatEncoder), inChannels, modelChannels, numBlocks, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize, peMode, qkRmsNorm, dtype, device)
+        : base(nameof(SLatEncoder), resolution, inChannels, modelChannels, numBlocks, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize, peMode, qkRmsNorm, dtype, device)
     {
-        if (resolution < 1) throw new ArgumentException($"resolution must be >= 1, found {resolution}.", nameof(resolution));
         if (latentChannels < 1) throw new ArgumentException($"latent_channels must be >= 1, found {latentChannels}.", nameof(latentChannels));
-        Resolution = resolution;
         LatentChannels = latentChannels;
         out_layer = nn.Linear(modelChannels, 2 * latentChannels, true, device, dtype);
         RegisterComponents();
@@ -58,8 +56,7 @@ public sealed class SLatEncoder : SparseTransformerBase
         return enc;
     }
 
-    /// <summary>Grid resolution.</summary>
-    public int Resolution { get; }
+    private protected override string Role => "encoder";
 
     /// <summary>Latent channels (8 in TRELLIS).</summary>
     public int LatentChannels { get; }
@@ -73,8 +70,6 @@ public sealed class SLatEncoder : SparseTransformerBase
     public SLatEncoderOutput Forward(SparseTensor x, bool samplePosterior = false, Generator? generator = null)
     {
         ArgumentNullException.ThrowIfNull(x);
-        if (x.Coordinates.MaxCoordinate >= Resolution)
-            throw new ArgumentException($"coords reach {x.Coordinates.MaxCoordinate}, outside the encoder's grid [0, {Resolution}).", nameof(x));
         using var scope = torch.NewDisposeScope();
         var h = ForwardTrunk(x);
         var f = Precision.LayerNorm(h.Feats.As(x.Dtype), null, null, 1e-5);

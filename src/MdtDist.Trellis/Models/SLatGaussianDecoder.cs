@@ -149,12 +149,11 @@ public sealed class SLatGaussianDecoder : SparseTransformerBase
     public SLatGaussianDecoder(int resolution, int modelChannels, int latentChannels, int numBlocks, GaussianRepresentationConfig representation,
         int? numHeads = null, int numHeadChannels = 64, double mlpRatio = 4, string attnMode = "swin", int windowSize = 8,
         string peMode = "ape", bool qkRmsNorm = false, ScalarType dtype = ScalarType.Float32, Device? device = null)
-        : base(nameof(SLatGaussianDecoder), latentChannels, modelChannels, numBlocks, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize, peMode, qkRmsNorm, dtype, device)
+        : base(nameof(SLatGaussianDecoder), resolution, latentChannels, modelChannels, numBlocks, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize, peMode, qkRmsNorm, dtype, device)
     {
         ArgumentNullException.ThrowIfNull(representation);
         if (resolution < 1) throw new ArgumentException($"resolution must be >= 1, found {resolution}.", nameof(resolution));
         representation.Validate();
-        Resolution = resolution;
         Representation = representation;
         out_layer = nn.Linear(modelChannels, representation.ChannelsPerVoxel, true, device, dtype);
         offset_perturbation = HammersleyPerturbation(representation.NumGaussians, representation.VoxelSize, Precision.AtLeastFloat32(dtype), device)
@@ -183,9 +182,6 @@ public sealed class SLatGaussianDecoder : SparseTransformerBase
         return dec;
     }
 
-    /// <summary>Grid resolution of the input voxels.</summary>
-    public int Resolution { get; }
-
     /// <summary>How the output becomes Gaussians.</summary>
     public GaussianRepresentationConfig Representation { get; }
 
@@ -209,8 +205,6 @@ public sealed class SLatGaussianDecoder : SparseTransformerBase
     public SparseTensor ForwardFeatures(SparseTensor x)
     {
         ArgumentNullException.ThrowIfNull(x);
-        if (x.Coordinates.MaxCoordinate >= Resolution)
-            throw new ArgumentException($"coords reach {x.Coordinates.MaxCoordinate}, outside the decoder's grid [0, {Resolution}).", nameof(x));
         using var scope = torch.NewDisposeScope();
         var h = ForwardTrunk(x);
         var f = Precision.LayerNorm(h.Feats.As(x.Dtype), null, null, 1e-5);

@@ -103,14 +103,12 @@ public sealed class SLatMeshDecoder : SparseTransformerBase
     internal SLatMeshDecoder(int subdivideNumGroups, int resolution, int modelChannels, int latentChannels, int numBlocks, bool useColor,
         int? numHeads, int numHeadChannels, double mlpRatio, string attnMode, int windowSize, string peMode, bool qkRmsNorm,
         ScalarType dtype, Device? device)
-        : base(nameof(SLatMeshDecoder), latentChannels, modelChannels, numBlocks, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize, peMode, qkRmsNorm, dtype, device)
+        : base(nameof(SLatMeshDecoder), resolution, latentChannels, modelChannels, numBlocks, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize, peMode, qkRmsNorm, dtype, device)
     {
-        if (resolution < 1) throw new ArgumentException($"resolution must be >= 1, found {resolution}.", nameof(resolution));
         if (modelChannels % 8 != 0 || (modelChannels / 4) % subdivideNumGroups != 0 || (modelChannels / 8) % subdivideNumGroups != 0)
             throw new ArgumentException(
                 $"model_channels {modelChannels} must be divisible by 8, and model_channels/4 and /8 by the subdivide blocks' num_groups {subdivideNumGroups}.",
                 nameof(modelChannels));
-        Resolution = resolution;
         UseColor = useColor;
         upsample = new ModuleList<SparseSubdivideBlock3d>(
             new SparseSubdivideBlock3d(modelChannels, resolution, modelChannels / 4, subdivideNumGroups, dtype, device),
@@ -154,9 +152,6 @@ public sealed class SLatMeshDecoder : SparseTransformerBase
         return dec;
     }
 
-    /// <summary>Grid resolution of the input voxels (the mesh grid has <see cref="MeshResolution"/> = 4× this).</summary>
-    public int Resolution { get; }
-
     /// <summary>Cubes per axis of the extraction grid: <c>4 · Resolution</c>.</summary>
     public int MeshResolution => 4 * Resolution;
 
@@ -193,8 +188,6 @@ public sealed class SLatMeshDecoder : SparseTransformerBase
     public SparseTensor ForwardFeatures(SparseTensor x)
     {
         ArgumentNullException.ThrowIfNull(x);
-        if (x.Coordinates.MaxCoordinate >= Resolution)
-            throw new ArgumentException($"coords reach {x.Coordinates.MaxCoordinate}, outside the decoder's grid [0, {Resolution}).", nameof(x));
         using var scope = torch.NewDisposeScope();
         var h = ForwardTrunk(x);
         foreach (var block in upsample) h = block.Forward(h);

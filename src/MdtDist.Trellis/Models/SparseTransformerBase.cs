@@ -20,7 +20,7 @@ public abstract class SparseTransformerBase : nn.Module
     private protected ModuleList<SparseTransformerBlock> blocks;
 #pragma warning restore IDE1006
 
-    private protected SparseTransformerBase(string name, long inChannels, long modelChannels, int numBlocks, int? numHeads, int numHeadChannels,
+    private protected SparseTransformerBase(string name, int resolution, long inChannels, long modelChannels, int numBlocks, int? numHeads, int numHeadChannels,
         double mlpRatio, string attnMode, int? windowSize, string peMode, bool qkRmsNorm, ScalarType dtype, Device? device)
         : base(name)
     {
@@ -28,6 +28,8 @@ public abstract class SparseTransformerBase : nn.Module
             throw new ArgumentException($"pe_mode '{peMode}' is not supported (only 'ape'; no released TRELLIS config uses 'rope').", nameof(peMode));
         if (inChannels < 1 || modelChannels < 1 || numBlocks < 0)
             throw new ArgumentException($"invalid sizes: in_channels {inChannels}, model_channels {modelChannels}, num_blocks {numBlocks}.", nameof(modelChannels));
+        if (resolution < 1) throw new ArgumentException($"resolution must be >= 1, got {resolution}.", nameof(resolution));
+        Resolution = resolution;
         InChannels = inChannels;
         ModelChannels = modelChannels;
         NumHeads = numHeads ?? (int)(modelChannels / numHeadChannels);
@@ -41,6 +43,12 @@ public abstract class SparseTransformerBase : nn.Module
             blocks.Add(new SparseTransformerBlock(modelChannels, NumHeads, mlpRatio, SparseBlockAttention.ForBlock(attnMode, windowSize, i),
                 qkRmsNorm, qkvBias: true, lnAffine: false, dtype, device));
     }
+
+    /// <summary>What the network is called in error messages ("encoder", "decoder").</summary>
+    private protected virtual string Role => "decoder";
+
+    /// <summary>The voxel grid resolution (coordinates lie in [0, resolution)).</summary>
+    public int Resolution { get; }
 
     /// <summary>Input feature channels.</summary>
     public long InChannels { get; }
@@ -72,6 +80,8 @@ public abstract class SparseTransformerBase : nn.Module
     {
         if (x.Feats.dim() != 2 || x.Feats.shape[1] != InChannels)
             throw new ArgumentException($"{GetType().Name} expects feats [N, {InChannels}], found [{string.Join(", ", x.Feats.shape)}].", nameof(x));
+        if (x.Coordinates.MaxCoordinate >= Resolution)
+            throw new ArgumentException($"coords reach {x.Coordinates.MaxCoordinate}, outside the {Role}'s grid [0, {Resolution}).", nameof(x));
         var inDtype = input_layer.weight.dtype;
         var h = input_layer.forward(x.Feats.As(inDtype));
         h = h + SparseEmbeddings.AbsolutePosition(x.Coordinates.Coords64[.., 1..], ModelChannels, inDtype);
