@@ -158,7 +158,7 @@ public abstract class DistillationPairLoss
     }
 
     /// <summary>One Euler step x − (t − t_prev)·v, with t − t_prev formed per sample as the reference does.</summary>
-    protected static Tensor EulerStep(Latent x, Tensor t, Tensor tPrev, Tensor v) => x.Data - x.PerSample(t - tPrev) * v;
+    protected static Tensor EulerStep(Latent x, Tensor t, Tensor tPrev, Tensor v) => RectifiedFlowPath.EulerStep(x, t, tPrev, v);
 
     internal static Tensor TeacherVelocity(IFlowModel teacher, Latent xt, Tensor t, Tensor? condition, Tensor? negativeCondition, double w,
         Dictionary<string, Tensor>? values)
@@ -172,7 +172,7 @@ public abstract class DistillationPairLoss
             var vNeg = teacher.Velocity(xt, t, neg);
             CheckShape(vNeg, xt.Data, nameof(teacher));
             if (values is not null) values["v_teacher_neg"] = vNeg;
-            v = (1.0 + w) * v - w * vNeg;
+            v = MdtDist.Core.Sampling.ClassifierFreeGuidance.Combine(v, vNeg, w);
         }
         return v;
     }

@@ -49,6 +49,10 @@ public sealed class ClassifierFreeGuidance : IFlowModel
     /// <summary>Upper end of the interval where guidance applies.</summary>
     public double IntervalEnd { get; }
 
+    /// <summary>The guided velocity (1 + w)·<paramref name="conditional"/> − w·<paramref name="unconditional"/>.</summary>
+    public static Tensor Combine(Tensor conditional, Tensor unconditional, double strength) =>
+        (1 + strength) * conditional - strength * unconditional;
+
     /// <summary>True when guidance applies at time <paramref name="t"/>.</summary>
     public bool AppliesAt(double t) => Strength != 0 && t >= IntervalStart && t <= IntervalEnd;
 
@@ -67,7 +71,7 @@ public sealed class ClassifierFreeGuidance : IFlowModel
         var negative = _negative ?? torch.zeros_like(condition);
         var vc = Model.Velocity(x, t, condition);
         var vu = Model.Velocity(x, t, negative);
-        var guided = (1 + Strength) * vc - Strength * vu;
+        var guided = Combine(vc, vu, Strength);
         if (n == ts.Length) return guided.MoveToOuterDisposeScope();
         var mask = x.PerSample(torch.tensor(inside.Select(b => b ? 1.0 : 0.0).ToArray(), dtype: x.Data.dtype, device: x.Data.device)).to(ScalarType.Bool);
         return torch.where(mask, guided, vc).MoveToOuterDisposeScope();
