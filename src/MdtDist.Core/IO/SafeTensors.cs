@@ -167,27 +167,14 @@ public static class SafeTensors
         }
         var json = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(header));
         int pad = (8 - json.Length % 8) % 8;
-        var full = Path.GetFullPath(path);
-        var dir = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(dir);
-        var tmp = Path.Combine(dir, "." + Path.GetFileName(full) + "." + Guid.NewGuid().ToString("N") + ".tmp");
-        try
+        AtomicFile.Write(path, fs =>
         {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write))
-            {
-                Span<byte> len = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)(json.Length + pad));
-                fs.Write(len);
-                fs.Write(json);
-                for (int i = 0; i < pad; i++) fs.WriteByte((byte)' ');
-                foreach (var b in blobs) fs.Write(b);
-                fs.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, full, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-        }
+            Span<byte> len = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)(json.Length + pad));
+            fs.Write(len);
+            fs.Write(json);
+            for (int i = 0; i < pad; i++) fs.WriteByte((byte)' ');
+            foreach (var blob in blobs) fs.Write(blob);
+        });
     }
 }

@@ -259,25 +259,6 @@ public static class TrellisCheckpoint
         WriteAtomically(json, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
-    private static void WriteAtomically(string path, string text)
-    {
-        var full = Path.GetFullPath(path);
-        var dir = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(dir);
-        var tmp = Path.Combine(dir, "." + Path.GetFileName(full) + "." + Guid.NewGuid().ToString("N") + ".tmp");
-        try
-        {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write))
-            {
-                var bytes = new UTF8Encoding(false).GetBytes(text);
-                fs.Write(bytes);
-                fs.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, full, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-        }
-    }
+    private static void WriteAtomically(string path, string text) =>
+        AtomicFile.Write(path, fs => fs.Write(new UTF8Encoding(false).GetBytes(text)));
 }

@@ -45,20 +45,7 @@ public static class GaussianPly
         var full = Path.GetFullPath(path);
         var dir = Path.GetDirectoryName(full) ?? throw new ArgumentException($"path '{path}' has no folder", nameof(path));
         if (!Directory.Exists(dir)) throw new ArgumentException($"folder '{dir}' of path '{path}' does not exist", nameof(path));
-        var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
-            {
-                fs.Write(bytes);
-                fs.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, full, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-        }
+        MdtDist.Core.IO.AtomicFile.Write(full, fs => fs.Write(bytes));
     }
 
     /// <summary>The bytes of the <c>.ply</c> file <see cref="Save(string, Gaussians, double[,])"/> writes.</summary>
