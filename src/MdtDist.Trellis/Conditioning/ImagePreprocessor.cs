@@ -28,6 +28,16 @@ public static class ImageNet
     }
 }
 
+/// <summary>How <see cref="ImagePreprocessor"/> resizes the crop to 518².</summary>
+public enum ImageResampler
+{
+    /// <summary>PIL's fixed-point Lanczos-3 with premultiplied alpha, reproduced to the byte (TRELLIS's own resize).</summary>
+    Pil = 0,
+
+    /// <summary>ImageSharp's floating-point Lanczos-3 (premultiplied alpha): same kernel, different rounding.</summary>
+    ImageSharpLanczos3 = 1,
+}
+
 /// <summary>Settings of <see cref="ImagePreprocessor"/> (defaults: TRELLIS's <c>preprocess_image</c>).</summary>
 public sealed record ImagePreprocessOptions
 {
@@ -42,6 +52,9 @@ public sealed record ImagePreprocessOptions
 
     /// <summary>Largest accepted input (width·height), checked from the file header before decoding (64 Mpx).</summary>
     public long MaxPixels { get; init; } = 64L * 1024 * 1024;
+
+    /// <summary>The Lanczos resize (default <see cref="ImageResampler.Pil"/>: byte-exact with TRELLIS's PIL).</summary>
+    public ImageResampler Resampler { get; init; } = ImageResampler.Pil;
 
     /// <summary>
     /// Background removal for images without transparency (TRELLIS runs rembg's U²-Net); null: such images are rejected
@@ -63,10 +76,9 @@ public sealed record ImagePreprocessOptions
 /// TRELLIS's image preprocessing (<c>TrellisImageTo3DPipeline.preprocess_image</c> + the first half of
 /// <c>encode_image</c>) with ImageSharp: RGBA input (an image without transparency goes through
 /// <see cref="ImagePreprocessOptions.Matting"/>) → bounding box of alpha &gt; 0.8·255 → square crop of int(1.2 × its
-/// longer side) around the box centre (transparent outside the image) → resize to 518² with a Lanczos-3 filter (alpha
-/// premultiplied while resampling, as PIL does for RGBA) → RGB × alpha, truncated to bytes → [0, 1] → ImageNet
-/// normalisation. ImageSharp's Lanczos-3 is PIL's LANCZOS kernel computed in floating point, where PIL uses 22-bit
-/// fixed point and rounds to bytes between its two passes; docs/image-conditioning.md gives the measured difference.
+/// longer side) around the box centre (transparent outside the image) → resize to 518² with PIL's Lanczos-3 (alpha
+/// premultiplied while resampling; <see cref="ImageResampler"/>) → RGB × alpha, truncated to bytes → [0, 1] → ImageNet
+/// normalisation. ImageSharp decodes the file; docs/image-conditioning.md gives the measured difference to TRELLIS.
 /// </summary>
 public sealed class ImagePreprocessor
 {
@@ -128,6 +140,11 @@ public sealed class ImagePreprocessor
             }
             var (x0, y0, x1, y1) = AlphaBoundingBox(rgba, source);
             using var crop = CropSquare(rgba, x0, y0, x1, y1);
+            if (Options.Resampler == ImageResampler.Pil)
+            {
+                using var resized = PilLanczosResampler.Resize(crop, Options.Size, Options.Size);
+                return Premultiply(resized);
+            }
             crop.Mutate(c => c.Resize(new ResizeOptions
             {
                 Size = new SixLabors.ImageSharp.Size(Options.Size, Options.Size),
