@@ -11,7 +11,7 @@ namespace MdtDist.Trellis.Conditioning;
 /// <see cref="Dinov2Model"/> (layer-normed <c>x_prenorm</c> tokens). One image gives <c>[1, 1374, 1024]</c> with DINOv2-L.
 /// The negative condition TRELLIS uses with these tokens is all zeros of the same shape.
 /// </summary>
-public sealed class ImageConditionEncoder : IDisposable
+public sealed class ImageConditionEncoder : IDisposable, ITrellisConditioner<string>, ITrellisConditioner<IReadOnlyList<string>>
 {
     private readonly bool _ownsModel;
 
@@ -38,6 +38,34 @@ public sealed class ImageConditionEncoder : IDisposable
         var path = checkpointPath ?? Dinov2Checkpoint.DefaultPath(modelFolder);
         var model = Dinov2Checkpoint.Load(path, config, dtype, device);
         return new ImageConditionEncoder(model, new ImagePreprocessor(options));
+    }
+
+    /// <summary>
+    /// The condition model a TRELLIS model folder names: <c>image_cond_model</c> of its <c>pipeline.json</c>
+    /// (<c>dinov2_vitl14_reg</c> for TRELLIS-image-large), loaded from <paramref name="checkpointPath"/> or, when null, from
+    /// <see cref="Dinov2Checkpoint.DefaultPath"/> (MDTDIST_DINOV2, the torch.hub cache, then the model folder itself).
+    /// </summary>
+    /// <exception cref="FileNotFoundException">No pipeline.json or no checkpoint (the message lists the places searched).</exception>
+    /// <exception cref="InvalidDataException">pipeline.json is malformed or names no image condition model.</exception>
+    public static ImageConditionEncoder FromModelFolder(string modelFolder, string? checkpointPath = null, ScalarType dtype = ScalarType.Float32,
+        Device? device = null, ImagePreprocessOptions? options = null)
+    {
+        var pj = Path.Combine(modelFolder, "pipeline.json");
+        if (!File.Exists(pj)) throw new FileNotFoundException($"'{modelFolder}' is not a TRELLIS model folder: '{pj}' does not exist.", pj);
+        string name;
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(pj));
+            var root = doc.RootElement;
+            var args = root.TryGetProperty("args", out var a) ? a : root;
+            name = args.TryGetProperty("image_cond_model", out var n) && n.GetString() is { Length: > 0 } s ? s
+                : throw new InvalidDataException($"'{pj}' names no \"image_cond_model\" (is it an image-conditioned TRELLIS model?).");
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            throw new InvalidDataException($"'{pj}' is not valid JSON: {e.Message}", e);
+        }
+        return Load(name, checkpointPath, dtype, device, options, modelFolder);
     }
 
     /// <summary>The DINOv2 network.</summary>
@@ -102,6 +130,15 @@ public sealed class ImageConditionEncoder : IDisposable
         }
         return torch.cat(rows, 0).MoveToOuterDisposeScope();
     }
+
+    /// <summary>One picture file → <see cref="TrellisCondition"/> with tokens <c>[1, L, E]</c> and zero negative tokens.</summary>
+    public TrellisCondition Encode(string input) => TrellisCondition.FromImageFeatures(EncodeFiles(new[] { input }));
+
+    /// <summary>
+    /// N picture files → tokens <c>[N, L, E]</c> and zero negative tokens: N views of one object for a multi-image run
+    /// (<c>TrellisRunOptions.MultiImage</c>), or one condition per sample.
+    /// </summary>
+    public TrellisCondition Encode(IReadOnlyList<string> input) => TrellisCondition.FromImageFeatures(EncodeFiles(input));
 
     /// <inheritdoc />
     public void Dispose()

@@ -21,20 +21,23 @@ public enum MultiImageMode
 /// <see cref="Velocity"/> takes the views' condition tokens <c>[N, L, C]</c> as its condition and uses each view's row
 /// repeated to the latent's batch. Stochastic: at the time of grid step k it returns the stage's guided velocity for
 /// view k mod N. MultiDiffusion: v = (Σᵢ v(x, t | cᵢ)) / N, and inside the guidance interval
-/// (1 + w)·v − w·v(x, t | 0).
+/// (1 + w)·v − w·v(x, t | negative), the negative being zeros for images.
 /// </summary>
 public sealed class MultiImageGuidance : IFlowModel
 {
     private readonly IFlowModel _model;
     private readonly StageSampler _sampler;
     private readonly double[] _grid;
+    private readonly Tensor? _negative;
 
     /// <summary>Creates the multi-view velocity of one stage.</summary>
     /// <param name="model">The stage's unguided flow (e.g. a <c>TrellisFlowModel</c>).</param>
     /// <param name="sampler">The stage's sampler settings (guidance strength and interval, time grid).</param>
     /// <param name="mode">Stochastic or MultiDiffusion.</param>
-    public MultiImageGuidance(IFlowModel model, StageSampler sampler, MultiImageMode mode)
+    /// <param name="negativeCondition">The negative tokens <c>[1, L, C]</c> (null: zeros, TRELLIS's image convention).</param>
+    public MultiImageGuidance(IFlowModel model, StageSampler sampler, MultiImageMode mode, Tensor? negativeCondition = null)
     {
+        _negative = negativeCondition;
         _model = model ?? throw new ArgumentNullException(nameof(model));
         _sampler = sampler ?? throw new ArgumentNullException(nameof(sampler));
         if (!Enum.IsDefined(mode)) throw new ArgumentException($"unknown multi-image mode {mode}.", nameof(mode));
@@ -68,7 +71,7 @@ public sealed class MultiImageGuidance : IFlowModel
         using var scope = torch.NewDisposeScope();
         Tensor View(long i) => condition.narrow(0, i, 1).expand(b, -1, -1);
         if (Mode == MultiImageMode.Stochastic)
-            return _sampler.Guide(_model).Velocity(x, t, View(StepOf(t0) % n)).MoveToOuterDisposeScope();
+            return _sampler.Guide(_model, _negative).Velocity(x, t, View(StepOf(t0) % n)).MoveToOuterDisposeScope();
         Tensor? sum = null;
         for (long i = 0; i < n; i++)
         {
@@ -78,7 +81,7 @@ public sealed class MultiImageGuidance : IFlowModel
         var pred = sum! / n;
         if (_sampler.CfgStrength != 0 && t0 >= _sampler.CfgIntervalStart && t0 <= _sampler.CfgIntervalEnd)
         {
-            var neg = _model.Velocity(x, t, torch.zeros_like(View(0)));
+            var neg = _model.Velocity(x, t, _negative is null ? torch.zeros_like(View(0)) : _negative.expand(b, -1, -1));
             pred = ClassifierFreeGuidance.Combine(pred, neg, _sampler.CfgStrength);
         }
         return pred.MoveToOuterDisposeScope();
