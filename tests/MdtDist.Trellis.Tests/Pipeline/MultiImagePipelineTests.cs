@@ -61,3 +61,23 @@ public class MultiImagePipelineTests
         Assert.True(GoldenAssert.RelativeError(threeB.StructureLatent, three.StructureLatent) > 1e-6);
     }
 }
+
+/// <summary>The documented one-liner: <c>pipeline.Run(encoder, "photo.png", options)</c>.</summary>
+public class ImageToPipelineTests
+{
+    [Fact]
+    public void RunsFromAPictureFileThroughTheEncoder()
+    {
+        var p = TinyPipeline.Create();
+        var dino = TinyPipeline.Randomize(new Dinov2Model(new Dinov2Config(16, 1, 2, ImageSize: 28)), seed: 11);
+        using var encoder = new ImageConditionEncoder(dino);
+        var picture = Path.Combine(AppContext.BaseDirectory, "TestData", "image_preprocess", "tall_input.png");
+        using var result = p.Run(encoder, picture, new TrellisRunOptions
+        {
+            Seed = 1, Formats = TrellisFormats.None,
+            StructureSampler = StageSampler.Student(1), LatentSampler = StageSampler.Student(1),
+        });
+        Assert.Equal(1, result.StructureEvaluations);
+        Assert.Single(result.Samples);
+    }
+}
