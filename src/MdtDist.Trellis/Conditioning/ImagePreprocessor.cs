@@ -135,7 +135,15 @@ public sealed class ImagePreprocessor
                     throw new InvalidDataException(
                         $"{source} has no transparency, so the object must be cut out first (TRELLIS uses rembg's U²-Net): pass an ONNX matting model " +
                         "(ImagePreprocessOptions.Matting = new OnnxMatting(\"u2net.onnx\"); TrellisGenerate --matting u2net.onnx) or an RGBA image with a transparent background.");
-                matted = Options.Matting.RemoveBackground(image);
+                // TRELLIS: convert('RGB'), downscale (LANCZOS) so the longer side is at most 1024, then rembg.
+                int longer = Math.Max(image.Width, image.Height);
+                double scale = Math.Min(1.0, 1024.0 / longer);
+                if (scale < 1)
+                {
+                    using var small = PilLanczosResampler.Resize(image, (int)(image.Width * scale), (int)(image.Height * scale), opaqueRgb: true);
+                    matted = Options.Matting.RemoveBackground(small);
+                }
+                else matted = Options.Matting.RemoveBackground(image);
                 rgba = matted;
             }
             var (x0, y0, x1, y1) = AlphaBoundingBox(rgba, source);
