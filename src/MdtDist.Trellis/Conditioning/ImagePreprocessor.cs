@@ -238,14 +238,36 @@ public sealed class ImagePreprocessor
         return (x0, y0, x1, y1);
     }
 
-    /// <summary>PIL's <c>crop</c> of TRELLIS's box: Python-rounded (half to even) corners, transparent outside the image.</summary>
+    /// <summary>TRELLIS's square crop box around the alpha bounding box, cropped as PIL does (corners rounded half to even).</summary>
     private Image<Rgba32> CropSquare(Image<Rgba32> image, int x0, int y0, int x1, int y1)
     {
         double cx = (x0 + x1) / 2.0, cy = (y0 + y1) / 2.0;
         int size = (int)(Math.Max(x1 - x0, y1 - y0) * Options.Margin);
         int half = size / 2;
-        int left = (int)Math.Round(cx - half, MidpointRounding.ToEven), top = (int)Math.Round(cy - half, MidpointRounding.ToEven);
-        int right = (int)Math.Round(cx + half, MidpointRounding.ToEven), bottom = (int)Math.Round(cy + half, MidpointRounding.ToEven);
+        return Crop(image, cx - half, cy - half, cx + half, cy + half);
+    }
+
+    /// <summary>
+    /// PIL's <c>Image.crop(box)</c>: the box corners are rounded as Python's <c>round</c> (half to even), pixels outside
+    /// the image are transparent black. Returns a new image of (right − left) × (bottom − top) pixels (at least 1 × 1).
+    /// </summary>
+    public static Image<Rgba32> Crop(Image<Rgba32> image, double left, double top, double right, double bottom)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        return CropRounded(image, (int)Math.Round(left, MidpointRounding.ToEven), (int)Math.Round(top, MidpointRounding.ToEven),
+            (int)Math.Round(right, MidpointRounding.ToEven), (int)Math.Round(bottom, MidpointRounding.ToEven));
+    }
+
+    /// <summary>PIL's <c>Image.resize(size, LANCZOS)</c> of an RGBA image, byte for byte (premultiplied alpha, fixed point).</summary>
+    public static Image<Rgba32> ResizeLanczos(Image<Rgba32> image, int width, int height)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        if (width < 1 || height < 1) throw new ArgumentException($"target size must be positive, got {width} x {height}.");
+        return PilLanczosResampler.Resize(image, width, height);
+    }
+
+    private static Image<Rgba32> CropRounded(Image<Rgba32> image, int left, int top, int right, int bottom)
+    {
         int w = Math.Max(right - left, 1), h = Math.Max(bottom - top, 1);
         var crop = new Image<Rgba32>(w, h);   // transparent black
         image.ProcessPixelRows(crop, (src, dst) =>
