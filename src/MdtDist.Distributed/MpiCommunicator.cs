@@ -102,11 +102,19 @@ public sealed class MpiCommunicator : ITrainingCommunicator, IDisposable
     {
         ArgumentNullException.ThrowIfNull(buffer);
         CheckHost(buffer);
+        if (buffer.dtype is ScalarType.Float16 or ScalarType.BFloat16)
+        {
+            // MPI has no standard 16-bit float type: sum in float32 and round once (for 2 ranks this equals a float16 sum).
+            using var wide = buffer.to(ScalarType.Float32);
+            AllReduceSum(wide);
+            buffer.copy_(wide);
+            return;
+        }
         int datatype = buffer.dtype switch
         {
             ScalarType.Float32 => MPI.Unsafe.MPI_FLOAT,
             ScalarType.Float64 => MPI.Unsafe.MPI_DOUBLE,
-            _ => throw new ArgumentException($"all-reduce supports float32 and float64 tensors, got {buffer.dtype} (reduce low-precision gradients in float32 first).", nameof(buffer)),
+            _ => throw new ArgumentException($"all-reduce supports floating tensors, got {buffer.dtype}.", nameof(buffer)),
         };
         if (buffer.numel() > int.MaxValue) throw new ArgumentException($"a bucket of {buffer.numel()} elements exceeds MPI's int count; use smaller buckets.", nameof(buffer));
         using var recv = torch.empty_like(buffer);

@@ -15,7 +15,7 @@ using static TorchSharp.torch;
 var arg = args.Select(a => a.Split('=', 2)).Where(p => p.Length == 2).ToDictionary(p => p[0], p => p[1]);
 string Get(string k, string d) => arg.TryGetValue(k, out var v) ? v : d;
 long L(string k, long d) => long.Parse(Get(k, d.ToString(CultureInfo.InvariantCulture)), CultureInfo.InvariantCulture);
-string mode = Get("mode", "train");          // train | pinned | single-pinned | single-train
+string mode = Get("mode", "train");          // train | pinned (MPI) | single-pinned | single-train (one process, no MPI)
 long steps = L("steps", 6);
 int hidden = (int)L("hidden", 16), layers = (int)L("layers", 2);
 long globalBatch = L("batch", 8);
@@ -65,7 +65,7 @@ using var distiller = MdtDistiller.FromTeacher(teacher, () => Mlp.Create(hidden,
 if (arg.ContainsKey("resume") && !distiller.TryResume()) { Console.Error.WriteLine("no checkpoint to resume from"); return 4; }
 
 var watch = Stopwatch.StartNew();
-double stepSeconds = 0;
+double stepSeconds = 0, reduceAtWarmup = 0;
 long timed = 0;
 if (mode is "pinned" or "single-pinned")
 {
@@ -90,9 +90,9 @@ if (mode is "pinned" or "single-pinned")
 }
 else
 {
-    var sw = new Stopwatch();
     distiller.Train(data, steps, new SyncProgress(p =>
     {
+        if (p.Step == 2) reduceAtWarmup = distiller.AllReduceSeconds;
         if (p.Step > 2) { stepSeconds += p.Elapsed.TotalSeconds; timed++; }
     }));
 }
@@ -105,7 +105,7 @@ if (outPrefix is not null)
 }
 if (rank == 0)
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"done world={world} step={distiller.Step} skipped={distiller.SkippedSteps} total_s={watch.Elapsed.TotalSeconds:F3} step_ms={(timed > 0 ? 1000 * stepSeconds / timed : 0):F3} allreduce_ms={(timed > 0 ? 1000 * distiller.AllReduceSeconds / distiller.Step : 0):F3}"));
+        $"done world={world} step={distiller.Step} skipped={distiller.SkippedSteps} total_s={watch.Elapsed.TotalSeconds:F3} step_ms={(timed > 0 ? 1000 * stepSeconds / timed : 0):F3} allreduce_ms={(timed > 0 ? 1000 * (distiller.AllReduceSeconds - reduceAtWarmup) / timed : 0):F3} allreduce_share={(stepSeconds > 0 ? 100 * (distiller.AllReduceSeconds - reduceAtWarmup) / stepSeconds : 0):F1}%"));
 mpi?.Dispose();
 return 0;
 
