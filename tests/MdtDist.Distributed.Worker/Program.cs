@@ -97,6 +97,21 @@ else
     }));
 }
 
+double pureReduceMs = 0;
+if (comm is { WorldSize: > 1 })
+{
+    // the all-reduce alone on a buffer of the gradient's size, after a barrier: transfer cost without waiting for a slower rank
+    long n = distiller.MasterParameters.Sum(p => p.numel());
+    using var buf = torch.ones(n);
+    for (int i = 0; i < 22; i++)
+    {
+        comm.Barrier();
+        var t0 = Stopwatch.GetTimestamp();
+        comm.AllReduceSum(buf);
+        if (i >= 2) pureReduceMs += Stopwatch.GetElapsedTime(t0).TotalMilliseconds / 20;
+    }
+}
+
 if (outPrefix is not null)
 {
     var sd = distiller.Student.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value);
@@ -105,7 +120,7 @@ if (outPrefix is not null)
 }
 if (rank == 0)
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"done world={world} step={distiller.Step} skipped={distiller.SkippedSteps} total_s={watch.Elapsed.TotalSeconds:F3} step_ms={(timed > 0 ? 1000 * stepSeconds / timed : 0):F3} allreduce_ms={(timed > 0 ? 1000 * (distiller.AllReduceSeconds - reduceAtWarmup) / timed : 0):F3} allreduce_share={(stepSeconds > 0 ? 100 * (distiller.AllReduceSeconds - reduceAtWarmup) / stepSeconds : 0):F1}%"));
+        $"done world={world} step={distiller.Step} skipped={distiller.SkippedSteps} total_s={watch.Elapsed.TotalSeconds:F3} step_ms={(timed > 0 ? 1000 * stepSeconds / timed : 0):F3} allreduce_ms={(timed > 0 ? 1000 * (distiller.AllReduceSeconds - reduceAtWarmup) / timed : 0):F3} allreduce_share={(stepSeconds > 0 ? 100 * (distiller.AllReduceSeconds - reduceAtWarmup) / stepSeconds : 0):F1}% params={distiller.MasterParameters.Sum(p => p.numel())} pure_allreduce_ms={pureReduceMs:F3}"));
 mpi?.Dispose();
 return 0;
 

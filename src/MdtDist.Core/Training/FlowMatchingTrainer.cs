@@ -182,7 +182,7 @@ public sealed class FlowMatchingTrainer : IDisposable
         return new ObjectiveResult(terms.Loss, terms.PerSample, terms.T, new[] { ("mse", terms.Loss) });
     };
 
-    /// <summary>Writes a resumable checkpoint (same layout and guarantees as <see cref="MdtDistiller.SaveCheckpoint"/>; the model is stored as <c>student.safetensors</c>).</summary>
+    /// <summary>Writes a resumable checkpoint (same layout and guarantees as <see cref="MdtDistiller.SaveCheckpoint"/>; the model is stored as <c>student.safetensors</c>; a collective in data-parallel runs).</summary>
     public string SaveCheckpoint(string directory) => _core.SaveCheckpoint(directory);
 
     /// <summary>Restores the state saved by <see cref="SaveCheckpoint"/>.</summary>
