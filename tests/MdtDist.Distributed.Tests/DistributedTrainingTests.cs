@@ -88,6 +88,23 @@ public sealed class DistributedTrainingTests(ITestOutputHelper output) : IDispos
     }
 
     [Fact]
+    public void FlowMatchingTrainerRunsDataParallelThroughTheSameLoop()
+    {
+        // pinned draws: 2 ranks vs one process on the concatenated batch (same tolerance argument as above)
+        Assert.Equal(0, Run(2, Limit, "trainer=fm", "mode=pinned", "steps=4", $"out={_dir}/fm2").ExitCode);
+        Assert.Equal(0, Run(0, Limit, "trainer=fm", "mode=single-pinned", "parts=2", "steps=4", $"out={_dir}/fm1").ExitCode);
+        // the Train loop with per-rank noise streams: ranks stay identical
+        Assert.Equal(0, Run(2, Limit, "trainer=fm", "mode=train", "steps=5", $"out={_dir}/fmt").ExitCode);
+        using var scope = torch.NewDisposeScope();
+        var r0 = Load($"{_dir}/fm2.rank0.safetensors");
+        Assert.True(BitEqual(r0, Load($"{_dir}/fm2.rank1.safetensors")));
+        double diff = MaxAbsDiff(r0, Load($"{_dir}/fm1.rank0.safetensors"));
+        output.WriteLine($"flow matching: max |2 ranks - 1 process| = {diff:E2}");
+        Assert.True(diff <= 1e-6, $"2-rank weights differ from the single-process run by {diff:E2}");
+        Assert.True(BitEqual(Load($"{_dir}/fmt.rank0.safetensors"), Load($"{_dir}/fmt.rank1.safetensors")));
+    }
+
+    [Fact]
     public void ResumeAfterBothRanksWereKilledIsExactAndAnotherWorldSizeIsRefused()
     {
         var full = Run(2, Limit, "mode=train", "steps=8", $"out={_dir}/full");

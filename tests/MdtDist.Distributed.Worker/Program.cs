@@ -53,16 +53,29 @@ IDistillationDataSource data = new DelegateDataSource(step =>
 });
 
 var teacher = Mlp.Create(hidden, layers, seed: 7);
+bool fm = Get("trainer", "mdt") == "fm";   // mdt: MdtDistiller; fm: FlowMatchingTrainer (the same training loop)
 var objective = MdtDistObjective.Create(new MdtDistSettings { DNorm = false, GuidanceVm = 0, GuidanceVd = 0 });
+var clipping = new GradientClipping(MaxNorm: 1.0, Percentile: 90, BufferSize: 3);
+var ckptDir = arg.GetValueOrDefault("ckpt");
 var options = new MdtDistillerOptions
 {
-    LearningRate = 1e-3, Seed = 42, EmaRates = new[] { 0.9 }, Clipping = new GradientClipping(MaxNorm: 1.0, Percentile: 90, BufferSize: 3),
-    BatchSplit = (int)L("split", 1), LogEvery = 0, Communicator = comm,
-    CheckpointDirectory = arg.GetValueOrDefault("ckpt"), CheckpointEvery = L("ckptEvery", 0),
+    LearningRate = 1e-3, Seed = 42, EmaRates = new[] { 0.9 }, Clipping = clipping,
+    BatchSplit = (int)L("split", 1), LogEvery = 0, Communicator = comm, CheckpointDirectory = ckptDir, CheckpointEvery = L("ckptEvery", 0),
 };
-// every rank builds the student from its own (here: differently seeded) weights: the distiller broadcasts rank 0's
-using var distiller = MdtDistiller.FromTeacher(teacher, () => Mlp.Create(hidden, layers, seed: (ulong)(99 + rank)), objective, options);
-if (arg.ContainsKey("resume") && !distiller.TryResume()) { Console.Error.WriteLine("no checkpoint to resume from"); return 4; }
+// every rank builds its network from its own (here: differently seeded) weights: the trainer broadcasts rank 0's
+using var distiller = fm ? null : MdtDistiller.FromTeacher(teacher, () => Mlp.Create(hidden, layers, seed: (ulong)(99 + rank)), objective, options);
+var fmModel = fm ? Mlp.Create(hidden, layers, seed: (ulong)(99 + rank)) : null;
+using var fmTrainer = fm
+    ? new FlowMatchingTrainer(fmModel!, new FlowMatchingTrainerOptions
+    {
+        LearningRate = 1e-3, Seed = 42, EmaRates = new[] { 0.9 }, Clipping = clipping, PUncond = 0,
+        BatchSplit = (int)L("split", 1), LogEvery = 0, Communicator = comm, CheckpointDirectory = ckptDir, CheckpointEvery = L("ckptEvery", 0),
+    })
+    : null;
+IFlowNetwork trained = fm ? fmModel! : distiller!.Student;
+long Step() => fm ? fmTrainer!.Step : distiller!.Step;
+double Reduce() => fm ? fmTrainer!.AllReduceSeconds : distiller!.AllReduceSeconds;
+if (arg.ContainsKey("resume") && !(fm ? fmTrainer!.TryResume() : distiller!.TryResume())) { Console.Error.WriteLine("no checkpoint to resume from"); return 4; }
 
 var watch = Stopwatch.StartNew();
 double stepSeconds = 0, reduceAtWarmup = 0;
@@ -70,38 +83,44 @@ long timed = 0;
 if (mode is "pinned" or "single-pinned")
 {
     // Pinned draws per global sample (as a reference would pin them), so that N ranks and one process can be compared.
-    for (long s = distiller.Step; s < steps; s++)
+    for (long s = Step(); s < steps; s++)
     {
         var batch = globalData.GetBatch(s);
         using var g = new Generator((ulong)(5000 + s));
-        var draws = new MdtDistDraws(torch.randn(new[] { globalBatch, 2L }, generator: g), torch.randn(new[] { globalBatch }, generator: g), torch.randn(new[] { globalBatch, 2L }, generator: g));
+        var noise = torch.randn(new[] { globalBatch, 2L }, generator: g);
+        var tRaw = torch.randn(new[] { globalBatch }, generator: g);
+        var noiseFake = torch.randn(new[] { globalBatch, 2L }, generator: g);
         var parts = batch.Split(world == 1 ? (int)L("parts", 1) : world);
-        long start = 0;
-        var partDraws = parts.Select(p =>
-        {
-            long n = p.BatchSize;
-            var d = new MdtDistDraws(draws.Noise.narrow(0, start, n), draws.TRaw.narrow(0, start, n), draws.NoiseFake!.narrow(0, start, n));
-            start += n;
-            return d;
-        }).ToList();
-        var r = world == 1 ? distiller.TrainStep(parts, partDraws) : distiller.TrainStep(new[] { parts[rank] }, new[] { partDraws[rank] });
-        if (r.Skipped) throw new InvalidOperationException($"step {s} skipped");
+        var offsets = parts.Select((p, i) => parts.Take(i).Sum(q => q.BatchSize)).ToList();
+        var mine = world == 1 ? Enumerable.Range(0, parts.Count).ToList() : new List<int> { rank };
+        bool skipped;
+        if (fm)
+            skipped = fmTrainer!.TrainStep(mine.Select(i => parts[i]).ToList(),
+                mine.Select(i => new FlowMatchingDraws(noise.narrow(0, offsets[i], parts[i].BatchSize), tRaw.narrow(0, offsets[i], parts[i].BatchSize), null)).ToList()).Skipped;
+        else
+            skipped = distiller!.TrainStep(mine.Select(i => parts[i]).ToList(), mine.Select(i => new MdtDistDraws(noise.narrow(0, offsets[i], parts[i].BatchSize),
+                tRaw.narrow(0, offsets[i], parts[i].BatchSize), noiseFake.narrow(0, offsets[i], parts[i].BatchSize))).ToList()).Skipped;
+        if (skipped) throw new InvalidOperationException($"step {s} skipped");
     }
 }
 else
 {
-    distiller.Train(data, steps, new SyncProgress(p =>
+    void Timing(long step, TimeSpan elapsed)
     {
-        if (p.Step == 2) reduceAtWarmup = distiller.AllReduceSeconds;
-        if (p.Step > 2) { stepSeconds += p.Elapsed.TotalSeconds; timed++; }
-    }));
+        if (step == 2) reduceAtWarmup = Reduce();
+        if (step > 2) { stepSeconds += elapsed.TotalSeconds; timed++; }
+    }
+    if (fm) fmTrainer!.Train(data, steps, new SyncProgress<TrainingProgress>(p => Timing(p.Step, p.Elapsed)));
+    else distiller!.Train(data, steps, new SyncProgress<DistillationProgress>(p => Timing(p.Step, p.Elapsed)));
 }
+var masters = fm ? fmTrainer!.MasterParameters : distiller!.MasterParameters;
+var ema = fm ? fmTrainer!.EmaParameters(0) : distiller!.EmaParameters(0);
 
 double pureReduceMs = 0;
 if (comm is { WorldSize: > 1 })
 {
     // the all-reduce alone on a buffer of the gradient's size, after a barrier: transfer cost without waiting for a slower rank
-    long n = distiller.MasterParameters.Sum(p => p.numel());
+    long n = masters.Sum(p => p.numel());
     using var buf = torch.ones(n);
     for (int i = 0; i < 22; i++)
     {
@@ -114,19 +133,19 @@ if (comm is { WorldSize: > 1 })
 
 if (outPrefix is not null)
 {
-    var sd = distiller.Student.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value);
-    foreach (var kv in distiller.EmaParameters(0)) sd["ema." + kv.Key] = kv.Value;
+    var sd = trained.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value);
+    foreach (var kv in ema) sd["ema." + kv.Key] = kv.Value;
     SafeTensors.Save($"{outPrefix}.rank{rank}.safetensors", sd);
 }
 if (rank == 0)
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"done world={world} step={distiller.Step} skipped={distiller.SkippedSteps} total_s={watch.Elapsed.TotalSeconds:F3} step_ms={(timed > 0 ? 1000 * stepSeconds / timed : 0):F3} allreduce_ms={(timed > 0 ? 1000 * (distiller.AllReduceSeconds - reduceAtWarmup) / timed : 0):F3} allreduce_share={(stepSeconds > 0 ? 100 * (distiller.AllReduceSeconds - reduceAtWarmup) / stepSeconds : 0):F1}% params={distiller.MasterParameters.Sum(p => p.numel())} pure_allreduce_ms={pureReduceMs:F3}"));
+        $"done world={world} trainer={(fm ? "fm" : "mdt")} step={Step()} total_s={watch.Elapsed.TotalSeconds:F3} step_ms={(timed > 0 ? 1000 * stepSeconds / timed : 0):F3} allreduce_ms={(timed > 0 ? 1000 * (Reduce() - reduceAtWarmup) / timed : 0):F3} allreduce_share={(stepSeconds > 0 ? 100 * (Reduce() - reduceAtWarmup) / stepSeconds : 0):F1}% params={masters.Sum(p => p.numel())} pure_allreduce_ms={pureReduceMs:F3}"));
 mpi?.Dispose();
 return 0;
 
-internal sealed class SyncProgress(Action<DistillationProgress> a) : IProgress<DistillationProgress>
+internal sealed class SyncProgress<T>(Action<T> a) : IProgress<T>
 {
-    public void Report(DistillationProgress value) => a(value);
+    public void Report(T value) => a(value);
 }
 
 internal static class Mlp

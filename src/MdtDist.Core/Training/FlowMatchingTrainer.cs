@@ -90,6 +90,9 @@ public sealed class FlowMatchingTrainer : IDisposable
     /// <summary>The learning rate of the next step.</summary>
     public double CurrentLearningRate => _core.CurrentLearningRate;
 
+    /// <summary>Seconds spent averaging gradients over ranks so far (0 in a single process).</summary>
+    public double AllReduceSeconds => _core.AllReduceSeconds;
+
     /// <summary>The EMA weights of rate index <paramref name="index"/> by parameter name (live tensors: read, do not modify).</summary>
     public IReadOnlyDictionary<string, Tensor> EmaParameters(int index = 0) => _core.EmaParameters(index);
 
