@@ -97,8 +97,8 @@ public class TorchSharpRuntimeTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// A fresh process with no native files next to it (a console app referencing the managed TorchSharp package only, the
-    /// notebook situation): without the call TorchSharp cannot load its native library by name; with it, it can and computes.
+    /// A fresh process with no native files next to it (a console app referencing TorchSharp without its native assets: the
+    /// notebook situation, where TorchSharp.dll is loaded from the NuGet cache and nothing is copied next to the app): without the call TorchSharp cannot load its native library by name; with it, it can and computes.
     /// </summary>
     [Fact]
     public void AFreshProcessWithoutNativesLoadsTorchSharpOnlyWithTheCall()
@@ -115,7 +115,7 @@ public class TorchSharpRuntimeTests(ITestOutputHelper output)
                 <Project Sdk="Microsoft.NET.Sdk">
                   <PropertyGroup><OutputType>Exe</OutputType><TargetFramework>net10.0</TargetFramework><ImplicitUsings>enable</ImplicitUsings><Nullable>enable</Nullable></PropertyGroup>
                   <ItemGroup>
-                    <PackageReference Include="TorchSharp" Version="{TorchSharpRuntime.TorchSharpVersion()}" />
+                    <PackageReference Include="TorchSharp" Version="{TorchSharpRuntime.TorchSharpVersion()}" ExcludeAssets="native" />
                     <Reference Include="MdtDist.Core"><HintPath>{core}</HintPath></Reference>
                   </ItemGroup>
                 </Project>

@@ -14,7 +14,7 @@ public enum TorchSharpLoadOutcome
     NotLinux,
     /// <summary>The system libstdc++ defines the version libLibTorchSharp.so needs: nothing to do.</summary>
     SystemLibraryIsNewEnough,
-    /// <summary>A libLibTorchSharp.so lies in the application's folder (a built app; the build-time fix covers it): nothing to do.</summary>
+    /// <summary>A libLibTorchSharp.so patched by the build-time fix lies in the application's folder (a built app): nothing to do.</summary>
     BuildOutputHasNatives,
     /// <summary>A patched private copy of libLibTorchSharp.so was loaded (or had been loaded by an earlier call).</summary>
     LoadedPatchedCopy,
@@ -44,7 +44,7 @@ public sealed record TorchSharpRuntimeOptions
     /// <summary>The folder of the libtorch natives (libtorch_cpu.so etc.). Default: libtorch-cpu-linux-x64 of the version TorchSharp-cpu names.</summary>
     public string? LibTorchNativeDirectory { get; init; }
 
-    /// <summary>Consider libLibTorchSharp.so files in the application folder (default true; tests switch it off).</summary>
+    /// <summary>Do nothing when the application folder holds a libLibTorchSharp.so patched by the build-time fix (default true).</summary>
     public bool RespectBuildOutput { get; init; } = true;
 }
 
@@ -84,8 +84,11 @@ public static class TorchSharpRuntime
             if (options.RespectBuildOutput)
             {
                 foreach (var dir in new[] { AppContext.BaseDirectory, Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native") })
-                    if (File.Exists(Path.Combine(dir, LibName)))
-                        return new TorchSharpLoadResult(TorchSharpLoadOutcome.BuildOutputHasNatives, null, $"{LibName} is in the application folder {dir} (the build-time fix covers it): nothing to do");
+                {
+                    var local = Path.Combine(dir, LibName);
+                    if (File.Exists(local) && IsPatched(local))
+                        return new TorchSharpLoadResult(TorchSharpLoadOutcome.BuildOutputHasNatives, null, $"the application folder has a patched {LibName} ({local}; the build-time fix): nothing to do");
+                }
             }
             var path = Prepare(options);
             try
@@ -98,6 +101,18 @@ public static class TorchSharpRuntime
             }
             loaded = new TorchSharpLoadResult(TorchSharpLoadOutcome.LoadedPatchedCopy, path, $"loaded a copy of {LibName} with the {RequiredGlibcxx} requirement marked weak: {path}");
             return loaded;
+        }
+    }
+
+    private static bool IsPatched(string path)
+    {
+        try
+        {
+            return ElfVersionPatcher.ReadVersionNeeds(File.ReadAllBytes(path), path).Where(n => n.Version == RequiredGlibcxx).All(n => n.IsWeak);
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            return false;
         }
     }
 
