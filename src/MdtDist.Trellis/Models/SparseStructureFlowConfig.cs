@@ -68,19 +68,19 @@ public sealed record SparseStructureFlowConfig
     /// <exception cref="NotSupportedException"><c>pe_mode</c> is "rope".</exception>
     public void Validate()
     {
-        var errors = new List<string>();
-        if (Resolution < 1) errors.Add($"resolution must be >= 1, got {Resolution}");
-        if (InChannels < 1) errors.Add($"in_channels must be >= 1, got {InChannels}");
-        if (OutChannels < 1) errors.Add($"out_channels must be >= 1, got {OutChannels}");
-        if (ModelChannels < 1) errors.Add($"model_channels must be >= 1, got {ModelChannels}");
-        if (CondChannels < 1) errors.Add($"cond_channels must be >= 1, got {CondChannels}");
-        if (NumBlocks < 0) errors.Add($"num_blocks must be >= 0, got {NumBlocks}");
-        if (PatchSize < 1 || (Resolution >= 1 && Resolution % PatchSize != 0)) errors.Add($"patch_size must divide resolution {Resolution}, got {PatchSize}");
-        if (NumHeads is null && NumHeadChannels < 1) errors.Add($"num_head_channels must be >= 1, got {NumHeadChannels}");
-        if (Heads < 1 || ModelChannels % Math.Max(1, Heads) != 0) errors.Add($"model_channels {ModelChannels} must be a positive multiple of num_heads {Heads}");
-        if (!(MlpRatio > 0) || double.IsInfinity(MlpRatio) || (long)Math.Truncate(ModelChannels * MlpRatio) < 1) errors.Add($"mlp_ratio must give a hidden width >= 1, got {MlpRatio}");
-        if (PeMode != "ape" && PeMode != "rope") errors.Add($"pe_mode must be 'ape' or 'rope', got '{PeMode}'");
-        if (errors.Count > 0) throw new ArgumentException($"invalid {ClassName} config: {string.Join("; ", errors)}.", "config");
+        var p = new ConfigProblems(ClassName);
+        p.Range("resolution", Resolution, 1, TrellisConfigLimits.MaxResolution);
+        p.Channels("in_channels", InChannels);
+        p.Channels("out_channels", OutChannels);
+        p.Channels("model_channels", ModelChannels);
+        p.Channels("cond_channels", CondChannels);
+        p.Blocks("num_blocks", NumBlocks);
+        if (p.Range("patch_size", PatchSize, 1, TrellisConfigLimits.MaxPatch) && Resolution >= 1)
+            p.Check(Resolution % PatchSize == 0, $"patch_size {PatchSize} must divide resolution {Resolution}");
+        p.Heads(ModelChannels, NumHeads, NumHeadChannels);
+        p.MlpRatio(MlpRatio, ModelChannels);
+        p.OneOf("pe_mode", PeMode, "ape", "rope");
+        p.ThrowIfAny();
         if (PeMode == "rope")
             throw new NotSupportedException($"{ClassName} with pe_mode 'rope' cannot run in TRELLIS itself (no pos_emb is registered, yet forward adds self.pos_emb), and no released checkpoint uses it; use pe_mode 'ape'.");
     }

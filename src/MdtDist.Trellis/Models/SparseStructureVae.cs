@@ -35,7 +35,7 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
         Precision.RequireFloat(dtype, nameof(dtype));
         Config = config;
         var ch = config.Channels;
-        input_layer = nn.Conv3d(config.InChannels, ch[0], 3, padding: 1, device: device, dtype: dtype);
+        input_layer = Init.Conv3d(config.InChannels, ch[0], 3, padding: 1, dtype: dtype, device: device);
         blocks = new ModuleList<nn.Module<Tensor, Tensor>>();
         for (int i = 0; i < ch.Count; i++)
         {
@@ -47,7 +47,7 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
         out_layer = nn.Sequential(
             ("0", VaeNorm.Create(config.NormType, ch[^1], dtype, device)),
             ("1", nn.SiLU()),
-            ("2", nn.Conv3d(ch[^1], config.LatentChannels * 2, 3, padding: 1, device: device, dtype: dtype)));
+            ("2", Init.Conv3d(ch[^1], config.LatentChannels * 2, 3, padding: 1, dtype: dtype, device: device)));
         RegisterComponents();
     }
 
@@ -95,10 +95,10 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
             throw new ArgumentException($"x: dtype {x.dtype} differs from the model's parameter dtype {DType}.", nameof(x));
         using var scope = torch.NewDisposeScope();
         var h = input_layer.forward(x);
-        h = Precision.Cast(h, TorsoDType);
+        h = h.As(TorsoDType);
         foreach (var b in blocks) h = b.forward(h);
         h = middle_block.forward(h);
-        h = Precision.Cast(h, x.dtype);
+        h = h.As(x.dtype);
         h = out_layer.forward(h);
         var parts = h.chunk(2, 1);
         var mean = parts[0].contiguous();
@@ -142,7 +142,7 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
         Precision.RequireFloat(dtype, nameof(dtype));
         Config = config;
         var ch = config.Channels;
-        input_layer = nn.Conv3d(config.LatentChannels, ch[0], 3, padding: 1, device: device, dtype: dtype);
+        input_layer = Init.Conv3d(config.LatentChannels, ch[0], 3, padding: 1, dtype: dtype, device: device);
         middle_block = nn.Sequential(Enumerable.Range(0, (int)config.NumResBlocksMiddle)
             .Select(i => (i.ToString(System.Globalization.CultureInfo.InvariantCulture), (nn.Module<Tensor, Tensor>)new ResBlock3d(ch[0], ch[0], config.NormType, dtype, device))));
         blocks = new ModuleList<nn.Module<Tensor, Tensor>>();
@@ -154,7 +154,7 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
         out_layer = nn.Sequential(
             ("0", VaeNorm.Create(config.NormType, ch[^1], dtype, device)),
             ("1", nn.SiLU()),
-            ("2", nn.Conv3d(ch[^1], config.OutChannels, 3, padding: 1, device: device, dtype: dtype)));
+            ("2", Init.Conv3d(ch[^1], config.OutChannels, 3, padding: 1, dtype: dtype, device: device)));
         RegisterComponents();
     }
 
@@ -191,10 +191,10 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
             throw new ArgumentException($"z: dtype {z.dtype} differs from the model's parameter dtype {DType}.", nameof(z));
         using var scope = torch.NewDisposeScope();
         var h = input_layer.forward(z);
-        h = Precision.Cast(h, TorsoDType);
+        h = h.As(TorsoDType);
         h = middle_block.forward(h);
         foreach (var b in blocks) h = b.forward(h);
-        h = Precision.Cast(h, z.dtype);
+        h = h.As(z.dtype);
         h = out_layer.forward(h);
         return h.MoveToOuterDisposeScope();
     }

@@ -25,17 +25,21 @@ public abstract record SparseStructureVaeConfig
     /// <summary>The TRELLIS class name.</summary>
     public abstract string TrellisClassName { get; }
 
-    /// <summary>Checks the shared arguments; adds problems to <paramref name="errors"/>.</summary>
-    protected void ValidateCommon(List<string> errors)
+    /// <summary>Checks the shared arguments; adds problems to <paramref name="p"/>.</summary>
+    private protected void ValidateCommon(ConfigProblems p)
     {
-        if (LatentChannels < 1) errors.Add($"latent_channels must be >= 1, got {LatentChannels}");
-        if (NumResBlocks < 0) errors.Add($"num_res_blocks must be >= 0, got {NumResBlocks}");
-        if (NumResBlocksMiddle < 0) errors.Add($"num_res_blocks_middle must be >= 0, got {NumResBlocksMiddle}");
-        if (Channels is null || Channels.Count == 0) errors.Add("channels must be a non-empty list");
-        else if (Channels.Any(c => c < 1)) errors.Add($"channels must all be >= 1, got [{string.Join(", ", Channels)}]");
-        if (NormType != "layer" && NormType != "group") errors.Add($"norm_type must be 'layer' or 'group', got '{NormType}'");
-        else if (NormType == "group" && Channels is not null && Channels.Any(c => c % 32 != 0))
-            errors.Add($"norm_type 'group' uses 32 groups, so every channel count must be a multiple of 32, got [{string.Join(", ", Channels)}]");
+        p.Channels("latent_channels", LatentChannels);
+        p.Blocks("num_res_blocks", NumResBlocks);
+        p.Blocks("num_res_blocks_middle", NumResBlocksMiddle);
+        if (Channels is null || Channels.Count == 0) p.Check(false, "channels must be a non-empty list");
+        else if (p.Check(Channels.Count <= TrellisConfigLimits.MaxStages, $"channels may list at most {TrellisConfigLimits.MaxStages} stages, got {Channels.Count}"))
+        {
+            p.Check(Channels.All(c => c >= 1 && c <= TrellisConfigLimits.MaxChannels),
+                $"channels must all be in [1, {TrellisConfigLimits.MaxChannels}], got [{string.Join(", ", Channels)}]");
+            if (NormType == "group")
+                p.Check(Channels.All(c => c % 32 == 0), $"norm_type 'group' uses 32 groups, so every channel count must be a multiple of 32, got [{string.Join(", ", Channels)}]");
+        }
+        p.OneOf("norm_type", NormType, "layer", "group");
     }
 
     /// <summary>Throws one <see cref="ArgumentException"/> with every problem.</summary>
@@ -55,10 +59,6 @@ public abstract record SparseStructureVaeConfig
         o["use_fp16"] = UseFp16;
     }
 
-    internal void Throw(List<string> errors)
-    {
-        if (errors.Count > 0) throw new ArgumentException($"invalid {TrellisClassName} config: {string.Join("; ", errors)}.", "config");
-    }
 }
 
 /// <summary>Constructor arguments of TRELLIS's <c>SparseStructureEncoder</c>.</summary>
@@ -82,10 +82,10 @@ public sealed record SparseStructureEncoderConfig : SparseStructureVaeConfig
     /// <inheritdoc />
     public override void Validate()
     {
-        var errors = new List<string>();
-        if (InChannels < 1) errors.Add($"in_channels must be >= 1, got {InChannels}");
-        ValidateCommon(errors);
-        Throw(errors);
+        var p = new ConfigProblems(ClassName);
+        p.Channels("in_channels", InChannels);
+        ValidateCommon(p);
+        p.ThrowIfAny();
     }
 
     /// <summary>Reads the <c>args</c> object of a checkpoint config.</summary>
@@ -137,10 +137,10 @@ public sealed record SparseStructureDecoderConfig : SparseStructureVaeConfig
     /// <inheritdoc />
     public override void Validate()
     {
-        var errors = new List<string>();
-        if (OutChannels < 1) errors.Add($"out_channels must be >= 1, got {OutChannels}");
-        ValidateCommon(errors);
-        Throw(errors);
+        var p = new ConfigProblems(ClassName);
+        p.Channels("out_channels", OutChannels);
+        ValidateCommon(p);
+        p.ThrowIfAny();
     }
 
     /// <summary>Reads the <c>args</c> object of a checkpoint config.</summary>

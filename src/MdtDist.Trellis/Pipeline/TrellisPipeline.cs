@@ -317,7 +317,7 @@ public sealed class TrellisPipeline
 
         // Stage 1: the sparse structure.
         var sw = Stopwatch.StartNew();
-        var ssModel = new TrellisFlowModel(StructureFlow);
+        var ssModel = new SparseStructureFlowAdapter(StructureFlow);
         var ssNoise = torch.randn(ssModel.LatentShape(b), dtype: ScalarType.Float32, generator: gen).to(StructureFlow.DType, device);
         using var ssResult = ssSampler.CreateSolver().Sample(ssSampler.Guide(ssModel), Latent.Dense(ssNoise), cond, ssSampler.Grid(),
             new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.SparseStructure), CancellationToken = ct });
@@ -352,7 +352,7 @@ public sealed class TrellisPipeline
             var slatDevice = ModuleInfo.DeviceOf(LatentFlow);
             var st = new SparseTensor(
                 torch.randn(new[] { compact.shape[0], (long)LatentFlow.Config.InChannels }, dtype: ScalarType.Float32, generator: gen).to(ModuleInfo.DTypeOf(LatentFlow), slatDevice),
-                compact.to(ScalarType.Int32).to(slatDevice), LatentFlow.Config.Resolution, nonEmpty.Length);
+                compact.to(ScalarType.Int32).to(slatDevice), (int)LatentFlow.Config.Resolution, nonEmpty.Length);
             var slatCond = cond.index_select(0, torch.tensor(nonEmpty.Select(i => (long)i).ToArray(), device: cond.device));
             using var slatResult = slatSampler.CreateSolver().Sample(slatSampler.Guide(new SLatFlowAdapter(LatentFlow)), st.ToLatent(), slatCond, slatSampler.Grid(),
                 new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.StructuredLatent), CancellationToken = ct });
@@ -371,7 +371,7 @@ public sealed class TrellisPipeline
             if (options.DecodeGaussians && GaussianDecoder is not null)
             {
                 sw.Restart();
-                var decoded = GaussianDecoder.Forward(slat.ReplaceFeats(feats.to(ModuleInfo.DTypeOf(GaussianDecoder))));
+                var decoded = GaussianDecoder.forward(slat.ReplaceFeats(feats.to(ModuleInfo.DTypeOf(GaussianDecoder))));
                 for (int k = 0; k < nonEmpty.Length; k++) gaussians[nonEmpty[k]] = decoded[k];
                 times[3] = sw.Elapsed;
                 options.Progress?.Report(new TrellisProgress(TrellisStage.Decoding, 1, 1));
