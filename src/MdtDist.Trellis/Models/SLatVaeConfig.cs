@@ -71,7 +71,7 @@ public abstract record SLatVaeConfig
         o["num_blocks"] = NumBlocks;
         o["num_heads"] = NumHeads;
         o["num_head_channels"] = NumHeadChannels;
-        o["mlp_ratio"] = SparseStructureFlowConfig.JsonNumber(MlpRatio);
+        o["mlp_ratio"] = TrellisFlowConfig.JsonNumber(MlpRatio);
         o["attn_mode"] = AttnMode;
         o["window_size"] = WindowSize;
         o["pe_mode"] = PeMode;

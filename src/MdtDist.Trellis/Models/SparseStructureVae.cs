@@ -8,11 +8,51 @@ using static TorchSharp.torch;
 namespace MdtDist.Trellis.Models;
 
 /// <summary>
+/// What TRELLIS's structure VAE encoder and decoder share: the config, the TRELLIS class name and the precision API
+/// (input / output layers in <see cref="DType"/>, the residual torso in <see cref="TorsoDType"/>).
+/// </summary>
+public abstract class SparseStructureVaeNetwork : nn.Module<Tensor, Tensor>, ITrellisModel
+{
+    private ScalarType? _torso;
+
+    private protected SparseStructureVaeNetwork(string name) : base(name)
+    {
+    }
+
+    private protected abstract SparseStructureVaeConfig VaeConfig { get; }
+
+    private protected abstract Conv3d InputLayer { get; }
+
+    /// <summary>The residual blocks TRELLIS's <c>convert_to_fp16</c> converts.</summary>
+    private protected abstract IEnumerable<nn.Module> Torso { get; }
+
+    /// <inheritdoc />
+    public string TrellisClassName => VaeConfig.TrellisClassName;
+
+    /// <inheritdoc />
+    public JsonObject ToConfigArgs() => VaeConfig.ToArgs();
+
+    /// <summary>The dtype of the input / output layers (the dtype inputs are expected in).</summary>
+    public ScalarType DType => InputLayer.weight.dtype;
+
+    /// <summary>The dtype the residual torso (blocks, middle block) computes in.</summary>
+    public ScalarType TorsoDType => _torso ?? DType;
+
+    /// <summary>Runs the torso (blocks and middle block) in <paramref name="dtype"/>, as TRELLIS's <c>convert_to_fp16</c> (convolutions converted; norms compute in at least float32).</summary>
+    public void SetTorsoDType(ScalarType dtype)
+    {
+        Precision.RequireFloat(dtype, nameof(dtype));
+        foreach (var m in Torso.SelectMany(TorsoLayers.ConvAndLinear)) m.to(dtype);
+        _torso = dtype;
+    }
+}
+
+/// <summary>
 /// TRELLIS's structure VAE encoder (<c>trellis.models.sparse_structure_vae.SparseStructureEncoder</c>): a binary occupancy
 /// grid <c>[B, in, 64, 64, 64]</c> → latent mean / log-variance <c>[B, latent, 16, 16, 16]</c>. Parameter names as TRELLIS's
 /// state dict (<c>input_layer</c>, <c>blocks.N</c>, <c>middle_block.N</c>, <c>out_layer.0/2</c>).
 /// </summary>
-public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellisModel
+public sealed class SparseStructureEncoder : SparseStructureVaeNetwork
 {
 #pragma warning disable IDE1006 // field names are the PyTorch state-dict names
     private readonly Conv3d input_layer;
@@ -20,7 +60,6 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
     private readonly Sequential middle_block;
     private readonly Sequential out_layer;
 #pragma warning restore IDE1006
-    private ScalarType? _torso;
 
     /// <summary>Builds the encoder.</summary>
     /// <param name="config">The constructor arguments.</param>
@@ -54,25 +93,11 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
     /// <summary>The constructor arguments.</summary>
     public SparseStructureEncoderConfig Config { get; }
 
-    /// <inheritdoc />
-    public string TrellisClassName => SparseStructureEncoderConfig.ClassName;
+    private protected override SparseStructureVaeConfig VaeConfig => Config;
 
-    /// <inheritdoc />
-    public JsonObject ToConfigArgs() => Config.ToArgs();
+    private protected override Conv3d InputLayer => input_layer;
 
-    /// <summary>The dtype of the input / output layers (the dtype inputs are expected in).</summary>
-    public ScalarType DType => input_layer.weight!.dtype;
-
-    /// <summary>The dtype the residual torso (blocks, middle block) computes in.</summary>
-    public ScalarType TorsoDType => _torso ?? DType;
-
-    /// <summary>Runs the torso (blocks and middle block) in <paramref name="dtype"/>, as TRELLIS's <c>convert_to_fp16</c> (convolutions converted; norms compute in at least float32).</summary>
-    public void SetTorsoDType(ScalarType dtype)
-    {
-        Precision.RequireFloat(dtype, nameof(dtype));
-        foreach (var m in TorsoLayers.ConvAndLinear(blocks).Concat(TorsoLayers.ConvAndLinear(middle_block))) m.to(dtype);
-        _torso = dtype;
-    }
+    private protected override IEnumerable<nn.Module> Torso => new nn.Module[] { blocks, middle_block };
 
     /// <summary>The latent z (= mean, TRELLIS's default <c>sample_posterior=False</c>) of <paramref name="x"/> <c>[B, in, R, R, R]</c>.</summary>
     public override Tensor forward(Tensor x)
@@ -119,7 +144,7 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
 /// <c>[B, latent, 16, 16, 16]</c> → occupancy logits <c>[B, out, 64, 64, 64]</c> (3D-conv residual blocks with pixel-shuffle
 /// upsampling). <see cref="DecodeOccupancy"/> gives the occupied voxel coordinates as TRELLIS's pipeline does.
 /// </summary>
-public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellisModel
+public sealed class SparseStructureDecoder : SparseStructureVaeNetwork
 {
 #pragma warning disable IDE1006 // field names are the PyTorch state-dict names
     private readonly Conv3d input_layer;
@@ -127,7 +152,6 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
     private readonly ModuleList<nn.Module<Tensor, Tensor>> blocks;
     private readonly Sequential out_layer;
 #pragma warning restore IDE1006
-    private ScalarType? _torso;
 
     /// <summary>Builds the decoder.</summary>
     /// <param name="config">The constructor arguments.</param>
@@ -161,25 +185,11 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
     /// <summary>The constructor arguments.</summary>
     public SparseStructureDecoderConfig Config { get; }
 
-    /// <inheritdoc />
-    public string TrellisClassName => SparseStructureDecoderConfig.ClassName;
+    private protected override SparseStructureVaeConfig VaeConfig => Config;
 
-    /// <inheritdoc />
-    public JsonObject ToConfigArgs() => Config.ToArgs();
+    private protected override Conv3d InputLayer => input_layer;
 
-    /// <summary>The dtype of the input / output layers (the dtype inputs are expected in).</summary>
-    public ScalarType DType => input_layer.weight!.dtype;
-
-    /// <summary>The dtype the residual torso (middle block, blocks) computes in.</summary>
-    public ScalarType TorsoDType => _torso ?? DType;
-
-    /// <summary>Runs the torso in <paramref name="dtype"/>, as TRELLIS's <c>convert_to_fp16</c> (convolutions converted; norms compute in at least float32).</summary>
-    public void SetTorsoDType(ScalarType dtype)
-    {
-        Precision.RequireFloat(dtype, nameof(dtype));
-        foreach (var m in TorsoLayers.ConvAndLinear(blocks).Concat(TorsoLayers.ConvAndLinear(middle_block))) m.to(dtype);
-        _torso = dtype;
-    }
+    private protected override IEnumerable<nn.Module> Torso => new nn.Module[] { middle_block, blocks };
 
     /// <summary>Occupancy logits <c>[B, out, R·2^(stages−1), ...]</c> of the latent <paramref name="z"/> <c>[B, latent, R, R, R]</c>.</summary>
     /// <exception cref="ArgumentException">Wrong rank, channel count or dtype.</exception>
