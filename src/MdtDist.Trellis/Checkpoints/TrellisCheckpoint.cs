@@ -95,7 +95,7 @@ public static class TrellisCheckpoint
     /// The two files of a checkpoint: <paramref name="path"/> may be the common stem (<c>ckpts/NAME</c>, as TRELLIS's
     /// <c>from_pretrained</c>) or either file.
     /// </summary>
-    public static (string Json, string SafeTensors) ResolvePaths(string path)
+    internal static (string Json, string SafeTensors) ResolvePaths(string path)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         string stem = path;

@@ -21,23 +21,23 @@ public static class TrellisConfigLimits
     public const long DefaultMaxElements = 4_000_000_000;
 
     /// <summary>The largest channel count of any layer (<c>model_channels</c>, <c>in_channels</c>, ...): 2²⁰.</summary>
-    public const long MaxChannels = 1 << 20;
+    internal const long MaxChannels = 1 << 20;
 
     /// <summary>The most blocks of one kind (<c>num_blocks</c>, <c>num_res_blocks</c>, ...): 1024.</summary>
-    public const long MaxBlocks = 1024;
+    internal const long MaxBlocks = 1024;
 
     /// <summary>The most stages of a channel list (<c>channels</c>, <c>io_block_channels</c>): 16.</summary>
-    public const long MaxStages = 16;
+    internal const long MaxStages = 16;
 
     /// <summary>The largest grid resolution (<c>resolution</c>): 4096.</summary>
-    public const long MaxResolution = 4096;
+    internal const long MaxResolution = 4096;
 
     /// <summary>The largest <c>mlp_ratio</c>: 64.</summary>
-    public const double MaxMlpRatio = 64;
+    internal const double MaxMlpRatio = 64;
 
     /// <summary>The largest patch size / attention window (<c>patch_size</c>, <c>window_size</c>): 4096.</summary>
-    public const long MaxPatch = 4096;
+    internal const long MaxPatch = 4096;
 
     /// <summary>The most Gaussians per voxel (<c>representation_config.num_gaussians</c>): 65536.</summary>
-    public const long MaxGaussians = 65536;
+    internal const long MaxGaussians = 65536;
 }

@@ -161,7 +161,7 @@ public sealed class SLatGaussianDecoder : SparseTransformerBase<IReadOnlyList<Ga
     public GaussianRepresentationConfig Representation => Config.Representation;
 
     /// <summary>The <c>offset_perturbation</c> buffer <c>[G, 3]</c> (the registered tensor; do not dispose).</summary>
-    public Tensor OffsetPerturbation => get_buffer(nameof(offset_perturbation)) ?? offset_perturbation;
+    internal Tensor OffsetPerturbation => get_buffer(nameof(offset_perturbation)) ?? offset_perturbation;
 
     /// <summary>Decodes a structured latent into one Gaussian set per sample.</summary>
     /// <param name="x">Latent features <c>[N, latent_channels]</c> on voxels with coordinates in <c>[0, resolution)</c>.</param>

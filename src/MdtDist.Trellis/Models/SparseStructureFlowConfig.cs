@@ -16,7 +16,7 @@ public sealed record SparseStructureFlowConfig : TrellisFlowConfig
     public override string TrellisClassName => ClassName;
 
     /// <summary>Tokens per sample: (R/p)³.</summary>
-    public long Tokens => (Resolution / PatchSize) * (Resolution / PatchSize) * (Resolution / PatchSize);
+    internal long Tokens => (Resolution / PatchSize) * (Resolution / PatchSize) * (Resolution / PatchSize);
 
     /// <summary>The released TRELLIS-image-large stage-1 flow (<c>ckpts/ss_flow_img_dit_L_16l8_fp16.json</c>).</summary>
     public static SparseStructureFlowConfig ImageLarge => new()

@@ -226,7 +226,7 @@ public sealed class SparseStructureDecoder : SparseStructureVaeNetwork
     /// in row-major order (channel dropped, as TRELLIS's <c>[:, [0, 2, 3, 4]]</c>; with C &gt; 1 a voxel appears once per positive channel).
     /// </summary>
     /// <exception cref="ArgumentException">The logits are not 5-D.</exception>
-    public static Tensor OccupiedCoords(Tensor logits)
+    internal static Tensor OccupiedCoords(Tensor logits)
     {
         if (logits.dim() != 5) throw new ArgumentException($"logits: expected [B, C, X, Y, Z], found {Precision.Shape(logits.shape)}.", nameof(logits));
         using var scope = torch.NewDisposeScope();
