@@ -40,6 +40,33 @@ public class ModelLifetimeTests
         Assert.Equal(0, after - before);
     }
 
+    /// <summary>Loading a whole model folder (pipeline.json + four checkpoints) leaves nothing alive once its networks are disposed (36 per load before).</summary>
+    [Fact]
+    public void LoadingAFolderLeavesNoLiveTensor()
+    {
+        var p0 = TinyPipeline.Create();
+        var dir = TinyPipeline.WriteFolder(p0);
+        foreach (var m in new TorchSharp.torch.nn.Module?[] { p0.StructureFlow, p0.StructureDecoder, p0.LatentFlow, p0.GaussianDecoder }) m?.Dispose();
+        try
+        {
+            void LoadAndDispose()
+            {
+                var p = MdtDist.Trellis.Pipeline.TrellisPipeline.FromFolder(dir);
+                foreach (var m in new TorchSharp.torch.nn.Module?[] { p.StructureFlow, p.StructureDecoder, p.LatentFlow, p.GaussianDecoder }) m?.Dispose();
+            }
+            for (int i = 0; i < 2; i++) LoadAndDispose();
+            long before = DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+            for (int i = 0; i < 3; i++) LoadAndDispose();
+            long after = DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+            _out.WriteLine($"FromFolder: {after - before} live tensors after 3 loads");
+            Assert.Equal(0, after - before);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
     /// <summary>Loading a checkpoint (config + header + meta shape check + weights) leaves nothing alive either.</summary>
     [Theory]
     [MemberData(nameof(Keys))]
