@@ -240,7 +240,7 @@ public sealed class TrellisPipeline
     // ------------------------------------------------------------------------------------------------------------
 
     /// <summary>The shape of the stage-1 noise for <paramref name="numSamples"/> samples: <c>[B, C, R, R, R]</c>.</summary>
-    public long[] StructureNoiseShape(int numSamples) => new TrellisFlowModel(StructureFlow).LatentShape(numSamples);
+    public long[] StructureNoiseShape(int numSamples) => new SparseStructureFlowAdapter(StructureFlow).LatentShape(numSamples);
 
     /// <summary>
     /// Stage 1 (TRELLIS's <c>sample_sparse_structure</c> up to the decoder): solves the sparse-structure flow from noise
@@ -263,7 +263,7 @@ public sealed class TrellisPipeline
         var sw = Stopwatch.StartNew();
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
-        var model = new TrellisFlowModel(StructureFlow);
+        var model = new SparseStructureFlowAdapter(StructureFlow);
         var noise = StageNoise(options, model.LatentShape(numSamples), StructureFlow.DType, StructureFlow.Device, "stage-1");
         using var result = sampler.CreateSolver().Sample(Guided(sampler, model, condition, options.MultiImage), Latent.Dense(noise), condition.Cond, sampler.Grid(),
             new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.SparseStructure), CancellationToken = options.CancellationToken });
@@ -306,7 +306,7 @@ public sealed class TrellisPipeline
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var device = ModuleInfo.DeviceOf(LatentFlow);
-        var sites = new SparseCoordinates(coords.to(ScalarType.Int32, device), LatentFlow.Config.Resolution);
+        var sites = new SparseCoordinates(coords.to(ScalarType.Int32, device), (int)LatentFlow.Config.Resolution);
         CheckCondition(condition, sites.BatchSize, nameof(condition), options.MultiImage);
         var noise = StageNoise(options, new[] { sites.Count, (long)LatentFlow.Config.InChannels }, ModuleInfo.DTypeOf(LatentFlow), device, "stage-2");
         var x = new SparseTensor(noise, sites);
@@ -344,7 +344,7 @@ public sealed class TrellisPipeline
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var feats = slat.Feats.to(ModuleInfo.DTypeOf(GaussianDecoder), ModuleInfo.DeviceOf(GaussianDecoder));
-        return GaussianDecoder.Forward(slat.ReplaceFeats(feats));
+        return GaussianDecoder.forward(slat.ReplaceFeats(feats));
     }
 
     // ------------------------------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Representations;
 using MdtDist.Trellis.Sparse;
@@ -18,7 +19,7 @@ public sealed class SLatGaussianDecoderGoldenRunner : IGoldenRunner
     {
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        var model = SLatGaussianDecoder.FromConfig(c.Config, ScalarType.Float64);
+        var model = TrellisCheckpoint.Build<SLatGaussianDecoder>(TrellisModelConfig.FromJson(c.Config), ScalarType.Float64);
         // the buffer built from the Hammersley sequence equals the reference's (before the file's copy is loaded)
         SparseGolden.Check(c, "model.offset_perturbation", model.OffsetPerturbation);
         SparseGolden.LoadExact(model, c.WithPrefix("model."), c.Name);
@@ -52,7 +53,7 @@ public sealed class SLatGaussianDecoderGoldenRunner : IGoldenRunner
                 throw new Xunit.Sdk.XunitException($"{c.Name}: the reference has more samples than the {reps.Count} decoded");
 
             // the full forward gives the same sets
-            var again = model.Forward(x);
+            var again = model.forward(x);
             try
             {
                 for (int b = 0; b < reps.Count; b++)
@@ -112,7 +113,7 @@ public sealed class SLatMeshDecoderGoldenRunner : IGoldenRunner
             foreach (var p in patches.EnumerateObject())
                 groups = p.Name == "SparseSubdivideBlock3d.num_groups" ? p.Value.GetInt32()
                     : throw new Xunit.Sdk.XunitException($"{c.Name}: unknown reference patch '{p.Name}'");
-        var model = SLatMeshDecoder.FromConfig(c.Config, ScalarType.Float64, null, groups);
+        var model = new SLatMeshDecoder(SLatMeshDecoderConfig.FromArgs(TrellisModelConfig.FromJson(c.Config).Args) with { SubdivideNumGroups = groups }, ScalarType.Float64);
         SparseGolden.LoadExact(model, c.WithPrefix("model."), c.Name);
         model.eval();
         var extractor = c.Settings.GetProperty("mesh_extractor");

@@ -37,13 +37,13 @@ public sealed class MdtLossesGoldenRunner : IGoldenRunner
         Latent x0;
         if (sparse)
         {
-            var s = SLatFlowModel.FromConfig(c.Config, ScalarType.Float64);
-            var t = SLatFlowModel.FromConfig(c.Root.GetProperty("teacher_config"), ScalarType.Float64);
+            var s = TrellisCheckpoint.Build<SLatFlowModel>(TrellisModelConfig.FromJson(c.Config), ScalarType.Float64);
+            var t = TrellisCheckpoint.Build<SLatFlowModel>(TrellisModelConfig.FromJson(c.Root.GetProperty("teacher_config")), ScalarType.Float64);
             SparseGolden.LoadExact(s, c.WithPrefix("model."), c.Name);
             SparseGolden.LoadExact(t, c.WithPrefix("teacher."), c.Name);
             (studentModule, teacherModule) = (s, t);
             (student, teacher) = (new SLatFlowAdapter(s), new SLatFlowAdapter(t));
-            x0 = new SparseTensor(c["in.x_0"], c["in.coords"], s.Config.Resolution).ToLatent();
+            x0 = new SparseTensor(c["in.x_0"], c["in.coords"], (int)s.Config.Resolution).ToLatent();
         }
         else
         {
@@ -56,7 +56,7 @@ public sealed class MdtLossesGoldenRunner : IGoldenRunner
             s.AttentionBackend = AttentionBackend.Math;
             t.AttentionBackend = AttentionBackend.Math;
             (studentModule, teacherModule) = (s, t);
-            (student, teacher) = (new TrellisFlowModel(s), new TrellisFlowModel(t));
+            (student, teacher) = (new SparseStructureFlowAdapter(s), new SparseStructureFlowAdapter(t));
             x0 = Latent.Dense(c["in.x_0"]);
         }
         studentModule.train();

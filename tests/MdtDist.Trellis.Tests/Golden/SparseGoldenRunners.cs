@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Sparse;
 using TorchSharp;
@@ -54,18 +55,18 @@ public sealed class SLatFlowGoldenRunner : IGoldenRunner
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
         var model = c.ConfigName == "ElasticSLatFlowModel"
-            ? ElasticSLatFlowModel.FromConfig(c.Config, ScalarType.Float64)
-            : SLatFlowModel.FromConfig(c.Config, ScalarType.Float64);
+            ? new ElasticSLatFlowModel(SLatFlowConfig.FromArgs(TrellisModelConfig.FromJson(c.Config).Args), ScalarType.Float64)
+            : TrellisCheckpoint.Build<SLatFlowModel>(TrellisModelConfig.FromJson(c.Config), ScalarType.Float64);
         SparseGolden.LoadExact(model, c.WithPrefix("model."), c.Name);
         model.eval();
-        var x = new SparseTensor(c["in.feats"], c["in.coords"], model.Config.Resolution);
-        var y = model.Forward(x, c["in.t"], c["in.cond"]);
+        var x = new SparseTensor(c["in.feats"], c["in.coords"], (int)model.Config.Resolution);
+        var y = model.forward(x, c["in.t"], c["in.cond"]);
         SparseGolden.Check(c, "out.feats", y.Feats);
 
         // The Elastic variant shares the forward (TRELLIS verified it bit-exact); check ours with the same weights.
         var elastic = new ElasticSLatFlowModel(model.Config, ScalarType.Float64);
         SparseGolden.LoadExact(elastic, c.WithPrefix("model."), c.Name);
-        var ye = elastic.Forward(x, c["in.t"], c["in.cond"]);
+        var ye = elastic.forward(x, c["in.t"], c["in.cond"]);
         if (!ye.Feats.eq(y.Feats).all().item<bool>())
             throw new Xunit.Sdk.XunitException($"{c.Name}: ElasticSLatFlowModel differs from SLatFlowModel");
     }
@@ -80,11 +81,11 @@ public sealed class SLatEncoderGoldenRunner : IGoldenRunner
     {
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        var model = SLatEncoder.FromConfig(c.Config, ScalarType.Float64);
+        var model = TrellisCheckpoint.Build<SLatEncoder>(TrellisModelConfig.FromJson(c.Config), ScalarType.Float64);
         SparseGolden.LoadExact(model, c.WithPrefix("model."), c.Name);
         model.eval();
         var x = new SparseTensor(c["in.feats"], c["in.coords"], model.Resolution);
-        var y = model.Forward(x, samplePosterior: false);
+        var y = model.Encode(x, samplePosterior: false);
         SparseGolden.Check(c, "out.z", y.Z.Feats);
         SparseGolden.Check(c, "out.mean", y.Mean);
         SparseGolden.Check(c, "out.logvar", y.LogVar);

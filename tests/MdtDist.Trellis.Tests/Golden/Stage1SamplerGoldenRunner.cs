@@ -11,7 +11,7 @@ namespace MdtDist.Trellis.Tests.Golden;
 /// <summary>
 /// TRELLIS's FlowEulerCfgSampler / FlowEulerGuidanceIntervalSampler on the stage-1 flow, through Core's
 /// <see cref="TimeGrid.Trellis"/>, <see cref="ClassifierFreeGuidance"/> and <see cref="EulerSolver"/> and the
-/// <see cref="TrellisFlowModel"/> adapter (t×1000).
+/// <see cref="SparseStructureFlowAdapter"/> adapter (t×1000).
 /// </summary>
 public sealed class Stage1SamplerGoldenRunner : IGoldenRunner
 {
@@ -22,7 +22,7 @@ public sealed class Stage1SamplerGoldenRunner : IGoldenRunner
         using var scope = torch.NewDisposeScope();
         using var network = GoldenModels.Load<SparseStructureFlowModel>(c);
         network.AttentionBackend = AttentionBackend.Math;
-        var model = new TrellisFlowModel(network);
+        var model = new SparseStructureFlowAdapter(network);
         var noise = c["in.noise"];
         var cond = c["in.cond"];
         // TRELLIS's pipeline uses neg_cond = zeros_like(cond); the wrapper's default (null) is exactly that.

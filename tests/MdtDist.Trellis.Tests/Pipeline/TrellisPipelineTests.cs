@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Flow;
 using MdtDist.Trellis.Conditioning;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Pipeline;

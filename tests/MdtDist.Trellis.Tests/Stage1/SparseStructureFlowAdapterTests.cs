@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 
 namespace MdtDist.Trellis.Tests.Stage1;
 
-public class TrellisFlowModelTests
+public class SparseStructureFlowAdapterTests
 {
     private static Tensor Randn(params long[] shape) => torch.randn(shape, dtype: ScalarType.Float64);
 
@@ -15,7 +15,7 @@ public class TrellisFlowModelTests
     {
         using var scope = torch.NewDisposeScope();
         using var net = TinyModels.VelocityFlow(seed: 50);
-        var model = new TrellisFlowModel(net);
+        var model = new SparseStructureFlowAdapter(net);
         Assert.Equal(new long[] { 3, 3, 4, 4, 4 }, model.LatentShape(3));
         var x = Randn(3, 3, 4, 4, 4);
         var t = torch.tensor(new[] { 0.1, 0.55, 1.0 }, dtype: ScalarType.Float64);
@@ -34,7 +34,7 @@ public class TrellisFlowModelTests
     {
         using var scope = torch.NewDisposeScope();
         using var net = TinyModels.VelocityFlow(seed: 51, dtype: ScalarType.Float32);
-        var model = new TrellisFlowModel(net);
+        var model = new SparseStructureFlowAdapter(net);
         var x = Randn(1, 3, 4, 4, 4);
         using var noGrad = torch.no_grad();
         var v = model.Velocity(Latent.Dense(x), torch.tensor(new[] { 0.5 }, dtype: ScalarType.Float64), Randn(1, 2, 10));
@@ -46,7 +46,7 @@ public class TrellisFlowModelTests
     public void RejectsANetworkWhoseOutputIsNotAVelocityOfTheLatent()
     {
         using var net = TinyModels.Flow(seed: 53);   // in 3, out 2 channels
-        var e = Assert.Throws<ArgumentException>(() => new TrellisFlowModel(net));
+        var e = Assert.Throws<ArgumentException>(() => new SparseStructureFlowAdapter(net));
         Assert.Contains("out_channels", e.Message);
     }
 
@@ -55,7 +55,7 @@ public class TrellisFlowModelTests
     {
         using var scope = torch.NewDisposeScope();
         using var net = TinyModels.VelocityFlow(seed: 52);
-        var model = new TrellisFlowModel(net);
+        var model = new SparseStructureFlowAdapter(net);
         var x = Latent.Dense(Randn(2, 3, 4, 4, 4));
         var t = torch.tensor(new[] { 0.2, 0.4 }, dtype: ScalarType.Float64);
 
