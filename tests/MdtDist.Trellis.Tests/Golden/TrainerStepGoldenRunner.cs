@@ -44,11 +44,11 @@ public sealed class TrainerStepGoldenRunner : IGoldenRunner
         student.AttentionBackend = AttentionBackend.Math;
         teacher.AttentionBackend = AttentionBackend.Math;
         foreach (var p in student.parameters()) p.requires_grad = true;
-        var teacherFlow = new TrellisFlowModel(teacher);
+        var teacherFlow = new SparseStructureFlowAdapter(teacher);
         MdtDistiller.Freeze(teacherFlow);
 
         var options = Options(c, update, settings);
-        using var distiller = new MdtDistiller(teacherFlow, new TrellisFlowModel(student), objective, options);
+        using var distiller = new MdtDistiller(teacherFlow, new SparseStructureFlowAdapter(student), objective, options);
         var paramNames = student.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).ToList();
 
         int steps = settings.GetProperty("steps").GetInt32();
