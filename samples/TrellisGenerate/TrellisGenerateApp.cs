@@ -1,10 +1,12 @@
 using System.Diagnostics;
+using System.CommandLine;
 using System.Globalization;
 using MdtDist.Core.IO;
 using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Pipeline;
 using MdtDist.Trellis.Representations;
+using Spectre.Console;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -26,82 +28,84 @@ public static class TrellisGenerateApp
         MODEL_DIR is a TRELLIS-image-large folder as released (pipeline.json + ckpts/), e.g.
           huggingface-cli download JeffreyXiang/TRELLIS-image-large --local-dir TRELLIS-image-large
 
-        options:
-          --cond FILE          condition tokens [1 or B, L, 1024] in a .safetensors file (TRELLIS's layer-normed DINOv2
-                               features; the first tensor is used); without it the condition is all zeros
-          --ss-student STEM    an MDT-dist stage-1 student checkpoint (ckpts/NAME without extension)
-          --slat-student STEM  an MDT-dist stage-2 student checkpoint
-          --ss-steps N         stage-1 steps (default: pipeline.json, or 1 with --ss-student)
-          --slat-steps N       stage-2 steps (default: pipeline.json, or 1 with --slat-student)
-          --cfg W              guidance strength of both stages (students default to 0)
-          --seed S             noise seed (default 1)
-          --samples B          samples in one batch (default 1)
-          --device D           cpu (default) or cuda[:i] (needs a TorchSharp CUDA backend)
-          --out PREFIX         output prefix (default trellis: trellis_0.ply, trellis_1.ply, ...)
+        Options: TrellisGenerate --help.
         """;
 
-    /// <summary>Command-line entry point; returns the exit code.</summary>
-    public static int Run(string[] args, TextWriter log)
+    private static readonly Argument<string?> ModelDir = new("MODEL_DIR")
     {
-        var o = new Dictionary<string, string>();
-        string? modelDir = null;
-        bool tiny = false;
-        for (int i = 0; i < args.Length; i++)
-        {
-            if (args[i] == "--random-tiny") { tiny = true; continue; }
-            if (args[i] is "-h" or "--help") { log.WriteLine(Usage); return 0; }
-            if (args[i].StartsWith("--", StringComparison.Ordinal))
-            {
-                if (i + 1 >= args.Length) { log.WriteLine($"error: {args[i]} needs a value.\n\n{Usage}"); return 2; }
-                o[args[i][2..]] = args[++i];
-                continue;
-            }
-            modelDir = args[i];
-        }
-        if (modelDir is null && !tiny) { log.WriteLine(Usage); return 1; }
-        try
-        {
-            var files = Generate(modelDir, tiny, o, log);
-            return files.Count > 0 ? 0 : 4;
-        }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or StateDictMismatchException or ArgumentException or FormatException or KeyNotFoundException)
-        {
-            log.WriteLine($"error: {e.Message}");
-            return 3;
-        }
+        Description = "a TRELLIS-image-large folder as released (pipeline.json + ckpts/)", Arity = ArgumentArity.ZeroOrOne,
+    };
+    private static readonly Option<bool> RandomTiny = new("--random-tiny") { Description = "tiny random networks, no download (a smoke test)" };
+    private static readonly Option<string?> Cond = new("--cond") { Description = "condition tokens [1 or B, L, 1024] in a .safetensors file (the first tensor); default all zeros" };
+    private static readonly Option<string?> SsStudent = new("--ss-student") { Description = "an MDT-dist stage-1 student checkpoint (ckpts/NAME without extension)" };
+    private static readonly Option<string?> SlatStudent = new("--slat-student") { Description = "an MDT-dist stage-2 student checkpoint" };
+    private static readonly Option<int?> SsSteps = new("--ss-steps") { Description = "stage-1 steps (default: pipeline.json, or 1 with --ss-student)" };
+    private static readonly Option<int?> SlatSteps = new("--slat-steps") { Description = "stage-2 steps (default: pipeline.json, or 1 with --slat-student)" };
+    private static readonly Option<double?> Cfg = new("--cfg") { Description = "guidance strength of both stages (students default to 0)" };
+    private static readonly Option<long> Seed = new("--seed") { Description = "noise seed", DefaultValueFactory = _ => 1 };
+    private static readonly Option<int> Samples = new("--samples") { Description = "samples in one batch", DefaultValueFactory = _ => 1 };
+    private static readonly Option<string> DeviceName = new("--device") { Description = "cpu or cuda[:i] (needs a TorchSharp CUDA backend)", DefaultValueFactory = _ => "cpu" };
+    private static readonly Option<string> Out = new("--out") { Description = "output prefix: PREFIX_0.ply, PREFIX_1.ply, ...", DefaultValueFactory = _ => "trellis" };
+
+    /// <summary>The command line (System.CommandLine).</summary>
+    public static RootCommand Command()
+    {
+        var root = new RootCommand(Usage);
+        root.Arguments.Add(ModelDir);
+        foreach (var o in new Option[] { RandomTiny, Cond, SsStudent, SlatStudent, SsSteps, SlatSteps, Cfg, Seed, Samples, DeviceName, Out }) root.Options.Add(o);
+        return root;
     }
 
-    private static int Int(Dictionary<string, string> o, string key, int fallback) =>
-        o.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
-
-    /// <summary>Runs the pipeline and writes the .ply files; returns their paths.</summary>
-    public static IReadOnlyList<string> Generate(string? modelDir, bool tiny, Dictionary<string, string> o, TextWriter log)
+    /// <summary>Command-line entry point; returns the exit code (0 written, 1 usage, 3 bad input, 4 nothing written).</summary>
+    public static int Run(string[] args, TextWriter log)
     {
-        var device = o.TryGetValue("device", out var d) ? torch.device(d) : CPU;
-        var pipeline = tiny ? TinyPipeline(device) : TrellisPipeline.FromFolder(modelDir!, ScalarType.Float32, device);
+        var root = Command();
+        root.SetAction(parse =>
+        {
+            var modelDir = parse.GetValue(ModelDir);
+            bool tiny = parse.GetValue(RandomTiny);
+            if (modelDir is null && !tiny) { log.WriteLine(Usage); return 1; }
+            try
+            {
+                var files = Generate(modelDir, tiny, parse, log);
+                return files.Count > 0 ? 0 : 4;
+            }
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or StateDictMismatchException or ArgumentException or FormatException or KeyNotFoundException)
+            {
+                log.WriteLine($"error: {e.Message}");
+                return 3;
+            }
+        });
+        return root.Parse(args).Invoke(new InvocationConfiguration { Output = log, Error = log });
+    }
+
+    private static IReadOnlyList<string> Generate(string? modelDir, bool tiny, ParseResult o, TextWriter log)
+    {
+        var device = torch.device(o.GetValue(DeviceName)!);
+        var pipeline = tiny
+            ? RandomTinyTrellis.Create(ScalarType.Float32, seed: 1, device, StageSampler.TrellisImageLarge with { Steps = 12 }, StageSampler.TrellisImageLarge with { Steps = 12 })
+            : TrellisPipeline.FromFolder(modelDir!, ScalarType.Float32, device);
         var ssSampler = pipeline.StructureSampler;
         var slatSampler = pipeline.LatentSampler;
-        if (o.TryGetValue("ss-student", out var ssStem))
+        if (o.GetValue(SsStudent) is { } ssStem)
         {
             pipeline = pipeline.WithStructureFlow(TrellisCheckpoint.Load<SparseStructureFlowModel>(ssStem, ScalarType.Float32, device));
             ssSampler = StageSampler.Student(1);
         }
-        if (o.TryGetValue("slat-student", out var slatStem))
+        if (o.GetValue(SlatStudent) is { } slatStem)
         {
             pipeline = pipeline.WithLatentFlow(TrellisCheckpoint.Load<SLatFlowModel>(slatStem, ScalarType.Float32, device));
             slatSampler = StageSampler.Student(1);
         }
-        ssSampler = ssSampler with { Steps = Int(o, "ss-steps", ssSampler.Steps) };
-        slatSampler = slatSampler with { Steps = Int(o, "slat-steps", slatSampler.Steps) };
-        if (o.TryGetValue("cfg", out var cfg))
+        ssSampler = ssSampler with { Steps = o.GetValue(SsSteps) ?? ssSampler.Steps };
+        slatSampler = slatSampler with { Steps = o.GetValue(SlatSteps) ?? slatSampler.Steps };
+        if (o.GetValue(Cfg) is { } w)
         {
-            double w = double.Parse(cfg, CultureInfo.InvariantCulture);
             ssSampler = ssSampler with { CfgStrength = w };
             slatSampler = slatSampler with { CfgStrength = w };
         }
-        int samples = Int(o, "samples", 1);
         Tensor cond;
-        if (o.TryGetValue("cond", out var condFile))
+        if (o.GetValue(Cond) is { } condFile)
         {
             var tensors = SafeTensors.Load(condFile, ScalarType.Float32, device);
             cond = tensors.Count > 0 ? tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).First().Value
@@ -111,22 +115,23 @@ public static class TrellisGenerateApp
 
         log.WriteLine($"stage 1: {ssSampler.Steps} steps, cfg {ssSampler.CfgStrength} ({ssSampler.Evaluations()} evaluations); " +
                       $"stage 2: {slatSampler.Steps} steps, cfg {slatSampler.CfgStrength} ({slatSampler.Evaluations()} evaluations)");
+        var options = new TrellisRunOptions
+        {
+            Seed = o.GetValue(Seed), NumSamples = o.GetValue(Samples), StructureSampler = ssSampler, LatentSampler = slatSampler,
+        };
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(log) });
         var watch = Stopwatch.StartNew();
-        bool live = ReferenceEquals(log, Console.Out) && !Console.IsOutputRedirected;
-        var progress = new Inline(p =>
-        {
-            if (p.Stage is not (TrellisStage.SparseStructure or TrellisStage.StructuredLatent)) return;
-            if (live) log.Write($"\r  {p.Stage}: step {p.Step}/{p.TotalSteps}   ");
-            if (p.Step == p.TotalSteps) log.WriteLine(live ? "" : $"  {p.Stage}: {p.TotalSteps} steps");
-        });
-        using var result = pipeline.Run(cond, new TrellisRunOptions
-        {
-            Seed = long.Parse(o.GetValueOrDefault("seed", "1"), CultureInfo.InvariantCulture), NumSamples = samples,
-            StructureSampler = ssSampler, LatentSampler = slatSampler, Progress = progress,
-        });
-        log.WriteLine($"done in {watch.Elapsed.TotalSeconds:F2} s (stage 1 {result.StructureTime.TotalSeconds:F2} s, structure decoder " +
-                      $"{result.DecodeStructureTime.TotalSeconds:F2} s, stage 2 {result.LatentTime.TotalSeconds:F2} s, Gaussian decoder {result.DecodeTime.TotalSeconds:F2} s)");
-        var prefix = o.GetValueOrDefault("out", "trellis");
+        using var result = RunWithProgress(pipeline, cond, options, console, live: ReferenceEquals(log, Console.Out) && !Console.IsOutputRedirected);
+
+        var table = new Table().AddColumn("stage").AddColumn(new TableColumn("evaluations").RightAligned()).AddColumn(new TableColumn("seconds").RightAligned());
+        table.AddRow("sparse structure", result.StructureEvaluations.ToString(CultureInfo.InvariantCulture), Seconds(result.StructureTime));
+        table.AddRow("structure decoder", "1", Seconds(result.DecodeStructureTime));
+        table.AddRow("structured latent", result.LatentEvaluations.ToString(CultureInfo.InvariantCulture), Seconds(result.LatentTime));
+        table.AddRow("Gaussian decoder", "1", Seconds(result.DecodeTime));
+        table.AddRow("total", "", Seconds(watch.Elapsed));
+        console.Write(table);
+
+        var prefix = o.GetValue(Out)!;
         var files = new List<string>();
         foreach (var s in result.Samples)
         {
@@ -143,28 +148,46 @@ public static class TrellisGenerateApp
         return files;
     }
 
-    /// <summary>Tiny random networks of TRELLIS's architecture (4³ structure latent, 16³ grid) for a smoke test.</summary>
-    private static TrellisPipeline TinyPipeline(Device device)
+    private static string Seconds(TimeSpan t) => t.TotalSeconds.ToString("F2", CultureInfo.InvariantCulture);
+
+    /// <summary>Runs the pipeline with Spectre.Console progress bars on an interactive console, plain lines otherwise.</summary>
+    private static TrellisOutput RunWithProgress(TrellisPipeline pipeline, Tensor cond, TrellisRunOptions options, IAnsiConsole console, bool live)
     {
-        nn.Module Build(string name, string args, long seed)
+        if (!live)
         {
-            var m = TrellisCheckpoint.Build(new TrellisModelConfig(name, System.Text.Json.Nodes.JsonNode.Parse(args)!.AsObject()), ScalarType.Float32, device);
-            var g = new Generator((ulong)seed);
-            using var noGrad = torch.no_grad();
-            foreach (var (pname, p) in m.named_parameters())
+            var plain = new Inline(p =>
             {
-                using var r = torch.randn(p.shape, generator: g);
-                using var v = p.dim() >= 2 ? r / Math.Sqrt(p.numel() / (double)p.shape[0]) : pname.EndsWith("bias") ? r * 0.05 : 1 + 0.1 * r;
-                p.copy_(v.to(p.device));
-            }
-            return m;
+                if (p.Stage is (TrellisStage.SparseStructure or TrellisStage.StructuredLatent) && p.Step == p.TotalSteps)
+                    console.WriteLine($"  {p.Stage}: {p.TotalSteps} steps");
+            });
+            return pipeline.Run(cond, new TrellisRunOptions
+            {
+                Seed = options.Seed, NumSamples = options.NumSamples, StructureSampler = options.StructureSampler, LatentSampler = options.LatentSampler, Progress = plain,
+            });
         }
-        return new TrellisPipeline(
-            (SparseStructureFlowModel)Build("SparseStructureFlowModel", """{"resolution": 4, "in_channels": 8, "out_channels": 8, "model_channels": 32, "cond_channels": 16, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "patch_size": 1, "pe_mode": "ape", "qk_rms_norm": true}""", 1),
-            (SparseStructureDecoder)Build("SparseStructureDecoder", """{"out_channels": 1, "latent_channels": 8, "num_res_blocks": 1, "channels": [16, 8, 8], "num_res_blocks_middle": 1}""", 2),
-            (SLatFlowModel)Build("SLatFlowModel", """{"resolution": 16, "in_channels": 8, "out_channels": 8, "model_channels": 32, "cond_channels": 16, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""", 3),
-            (SLatGaussianDecoder)Build("SLatGaussianDecoder", """{"resolution": 16, "model_channels": 32, "latent_channels": 8, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4, "pe_mode": "ape", "qk_rms_norm": false, "representation_config": {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1}, "perturb_offset": true, "voxel_size": 1.5, "num_gaussians": 8, "2d_filter_kernel_size": 0.1, "3d_filter_kernel_size": 0.0009, "scaling_bias": 0.004, "opacity_bias": 0.1, "scaling_activation": "softplus"}}""", 4),
-            structureSampler: StageSampler.TrellisImageLarge with { Steps = 12 }, latentSampler: StageSampler.TrellisImageLarge with { Steps = 12 });
+        TrellisOutput? output = null;
+        AnsiConsole.Progress().Start(ctx =>
+        {
+            var tasks = new Dictionary<TrellisStage, ProgressTask>
+            {
+                [TrellisStage.SparseStructure] = ctx.AddTask("sparse structure"),
+                [TrellisStage.StructureDecoding] = ctx.AddTask("structure decoder"),
+                [TrellisStage.StructuredLatent] = ctx.AddTask("structured latent"),
+                [TrellisStage.Decoding] = ctx.AddTask("Gaussian decoder"),
+            };
+            var progress = new Inline(p =>
+            {
+                var task = tasks[p.Stage];
+                task.MaxValue = p.TotalSteps;
+                task.Value = p.Step;
+            });
+            output = pipeline.Run(cond, new TrellisRunOptions
+            {
+                Seed = options.Seed, NumSamples = options.NumSamples, StructureSampler = options.StructureSampler, LatentSampler = options.LatentSampler, Progress = progress,
+            });
+            foreach (var t in tasks.Values) t.Value = t.MaxValue;
+        });
+        return output!;
     }
 
     private sealed class Inline(Action<TrellisProgress> a) : IProgress<TrellisProgress>
