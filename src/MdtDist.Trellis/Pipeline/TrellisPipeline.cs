@@ -66,10 +66,22 @@ public sealed class TrellisPipeline
     public SLatNormalization Normalization { get; }
 
     /// <summary>The stage-1 sampler settings (defaults from <c>pipeline.json</c>).</summary>
-    public StageSampler StructureSampler { get; init; }
+    /// <exception cref="ArgumentException">Invalid settings (see <see cref="StageSampler.Validate"/>).</exception>
+    public StageSampler StructureSampler { get => _structureSampler; init => _structureSampler = Checked(value); }
 
     /// <summary>The stage-2 sampler settings (defaults from <c>pipeline.json</c>).</summary>
-    public StageSampler LatentSampler { get; init; }
+    /// <exception cref="ArgumentException">Invalid settings (see <see cref="StageSampler.Validate"/>).</exception>
+    public StageSampler LatentSampler { get => _latentSampler; init => _latentSampler = Checked(value); }
+
+    private readonly StageSampler _structureSampler = StageSampler.TrellisImageLarge;
+    private readonly StageSampler _latentSampler = StageSampler.TrellisImageLarge;
+
+    private static StageSampler Checked(StageSampler sampler)
+    {
+        ArgumentNullException.ThrowIfNull(sampler);
+        sampler.Validate();
+        return sampler;
+    }
 
     /// <summary>Width of the condition tokens both flows take.</summary>
     public long ConditionChannels => StructureFlow.Config.CondChannels;
@@ -89,43 +101,24 @@ public sealed class TrellisPipeline
     /// in a sibling folder named after the repository.
     /// </summary>
     /// <exception cref="FileNotFoundException">pipeline.json or a checkpoint is missing (the message names the paths tried).</exception>
-    /// <exception cref="InvalidDataException">pipeline.json is malformed.</exception>
+    /// <exception cref="InvalidDataException">pipeline.json is malformed or holds invalid values (checked before any network is
+    /// built; see <see cref="TrellisPipelineConfig.Read"/>), or a checkpoint is corrupt.</exception>
     public static TrellisPipeline FromFolder(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null, ILogger? logger = null, bool loadGaussianDecoder = true)
     {
+        ArgumentNullException.ThrowIfNull(folder);
         var pj = Path.Combine(folder, "pipeline.json");
         if (!File.Exists(pj)) throw new FileNotFoundException($"'{folder}' is not a TRELLIS model folder: '{pj}' does not exist.", pj);
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllText(pj)); }
-        catch (JsonException e) { throw new InvalidDataException($"'{pj}' is not valid JSON: {e.Message}", e); }
-        using var docScope = doc;
-        var root = doc.RootElement;
-        var args = root.TryGetProperty("args", out var a) ? a : root;
-        if (!args.TryGetProperty("models", out var models) || models.ValueKind != JsonValueKind.Object)
-            throw new InvalidDataException($"'{pj}' has no \"models\" object.");
-        string Model(string key)
-        {
-            if (!models.TryGetProperty(key, out var v) || v.GetString() is not { Length: > 0 } rel)
-                throw new InvalidDataException($"'{pj}': models has no \"{key}\".");
-            return ResolveModelPath(folder, rel);
-        }
+        var config = TrellisPipelineConfig.Read(pj);
+        string Model(string key) => ResolveModelPath(folder, config.Models[key]);
         var log = logger ?? NullLogger.Instance;
         var ssFlow = TrellisCheckpoint.Load<SparseStructureFlowModel>(Model("sparse_structure_flow_model"), dtype, device);
         var ssDec = TrellisCheckpoint.Load<SparseStructureDecoder>(Model("sparse_structure_decoder"), dtype, device);
         var slatFlow = TrellisCheckpoint.Load<SLatFlowModel>(Model("slat_flow_model"), dtype, device);
         SLatGaussianDecoder? gs = null;
-        if (loadGaussianDecoder && models.TryGetProperty("slat_decoder_gs", out _))
+        if (loadGaussianDecoder && config.Models.ContainsKey("slat_decoder_gs"))
             gs = TrellisCheckpoint.Load<SLatGaussianDecoder>(Model("slat_decoder_gs"), dtype, device);
-        var ssSampler = args.TryGetProperty("sparse_structure_sampler", out var s1) ? StageSampler.FromPipelineJson(s1, pj) : StageSampler.TrellisImageLarge;
-        var slatSampler = args.TryGetProperty("slat_sampler", out var s2) ? StageSampler.FromPipelineJson(s2, pj) : StageSampler.TrellisImageLarge;
-        var norm = SLatNormalization.TrellisImageLarge;
-        if (args.TryGetProperty("slat_normalization", out var n))
-        {
-            try { norm = new SLatNormalization(n.GetProperty("mean").EnumerateArray().Select(e => e.GetDouble()).ToArray(), n.GetProperty("std").EnumerateArray().Select(e => e.GetDouble()).ToArray()); }
-            catch (Exception e) when (e is KeyNotFoundException or InvalidOperationException or FormatException)
-            { throw new InvalidDataException($"'{pj}': malformed slat_normalization ({e.Message}).", e); }
-        }
-        log.LogInformation("Loaded TRELLIS pipeline from {Folder} ({DType}); stage 1: {S1}; stage 2: {S2}", folder, dtype, ssSampler, slatSampler);
-        return new TrellisPipeline(ssFlow, ssDec, slatFlow, gs, norm, ssSampler, slatSampler, logger);
+        log.LogInformation("Loaded TRELLIS pipeline from {Folder} ({DType}); stage 1: {S1}; stage 2: {S2}", folder, dtype, config.StructureSampler, config.LatentSampler);
+        return new TrellisPipeline(ssFlow, ssDec, slatFlow, gs, config.Normalization, config.StructureSampler, config.LatentSampler, logger);
     }
 
     internal static string ResolveModelPath(string folder, string rel)
@@ -187,6 +180,8 @@ public sealed class TrellisPipeline
         int b = options.NumSamples;
         if (b < 1) throw new ArgumentException($"NumSamples must be >= 1, got {b}.", nameof(options));
         CheckCondition(condition, b, nameof(condition), options.MultiImage);
+        if (options.StructureSampler is { } s1) Checked(s1);
+        if (options.LatentSampler is { } s2) Checked(s2);
         var ct = options.CancellationToken;
         var times = new TimeSpan[4];
         using var noGrad = torch.no_grad();
@@ -259,7 +254,7 @@ public sealed class TrellisPipeline
         if (numSamples < 1) throw new ArgumentException($"numSamples must be >= 1, got {numSamples}.", nameof(numSamples));
         options ??= new TrellisStageOptions();
         CheckCondition(condition, numSamples, nameof(condition), options.MultiImage);
-        var sampler = options.Sampler ?? StructureSampler;
+        var sampler = Checked(options.Sampler ?? StructureSampler);
         var sw = Stopwatch.StartNew();
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
@@ -301,7 +296,7 @@ public sealed class TrellisPipeline
         if (coords.dim() != 2 || coords.shape[1] != 4 || coords.shape[0] == 0)
             throw new ArgumentException($"coords must be occupied voxels [N >= 1, 4] (sample, x, y, z), found [{string.Join(", ", coords.shape)}].", nameof(coords));
         options ??= new TrellisStageOptions();
-        var sampler = options.Sampler ?? LatentSampler;
+        var sampler = Checked(options.Sampler ?? LatentSampler);
         var sw = Stopwatch.StartNew();
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();

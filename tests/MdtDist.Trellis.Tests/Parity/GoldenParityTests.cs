@@ -40,14 +40,19 @@ public class GoldenParityTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void MatchesReference(string caseName)
+    public void MatchesReference(string caseName) => RunCase(Path.Combine(GoldenDirectory, caseName + ".json"));
+
+    /// <summary>Runs the case of <paramref name="manifestPath"/> with the one runner that claims it and checks that every
+    /// tensor of its file was accounted for.</summary>
+    internal static void RunCase(string manifestPath)
     {
-        using var c = new GoldenCase(Path.Combine(GoldenDirectory, caseName + ".json"));
+        using var c = new GoldenCase(manifestPath);
         var claim = Runners.Where(r => r.CanRun(c)).ToList();
         Assert.True(claim.Count == 1,
             claim.Count == 0
                 ? $"no golden runner can run case '{c.Name}' (family {c.Family}, entry point {c.EntryPoint})"
                 : $"case '{c.Name}' is claimed by several runners: {string.Join(", ", claim.Select(r => r.GetType().Name))}");
         claim[0].Run(c);
+        c.AssertAccountedFor();
     }
 }

@@ -37,14 +37,14 @@ public sealed class PipelineGoldenRunner : IGoldenRunner
             GoldenReport.Output(c, "out.coords", coords);
             var slat = pipeline.SampleStructuredLatent(condition, coords, new TrellisStageOptions { Noise = c["in.noise_slat"] }).Result;
             GoldenReport.Output(c, "out.slat_feats", slat.Feats);
-            using var decoded = pipeline.Decode(slat, TrellisFormats.Gaussians);
-            CompareGaussians(c, decoded.Gaussians!);
+            using var decoded = pipeline.Decode(slat, pipeline.AvailableFormats);
+            CompareGaussians(c, decoded.Gaussians ?? Array.Empty<Gaussians>());
 
             // The same through Run with the given noises.
             using var run = pipeline.Run(condition, new TrellisRunOptions { NumSamples = numSamples, StructureNoise = c["in.noise_ss"], LatentNoise = c["in.noise_slat"] });
             GoldenReport.Output(c, "out.coords", run.Coords);
             GoldenReport.Output(c, "out.slat_feats", torch.cat(run.Samples.Where(s => !s.IsEmpty).Select(s => s.Latent!).ToArray(), 0));
-            CompareGaussians(c, run.Samples.Where(s => !s.IsEmpty).Select(s => s.Gaussians!).ToList());
+            CompareGaussians(c, run.Samples.Where(s => s.Gaussians is not null).Select(s => s.Gaussians!).ToList());
         }
         finally
         {
