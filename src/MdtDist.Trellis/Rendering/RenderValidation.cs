@@ -1,0 +1,45 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MdtDist.Trellis.Rendering;
+
+/// <summary>Checks and small tensor helpers the rasterisers share.</summary>
+internal static class RenderValidation
+{
+    /// <summary>Largest supported rendered side (resolution × supersampling), to refuse absurd allocations early.</summary>
+    public const int MaxSide = 16384;
+
+    public static void CheckCommon(int resolution, int ssaa, IReadOnlyList<double>? background)
+    {
+        if (resolution < 1) throw new ArgumentException($"Resolution must be >= 1; found {resolution}", "options");
+        if (ssaa < 1) throw new ArgumentException($"Ssaa must be >= 1; found {ssaa}", "options");
+        if ((long)resolution * ssaa > MaxSide)
+            throw new ArgumentException($"Resolution × Ssaa must be <= {MaxSide}; found {resolution} × {ssaa}", "options");
+        if (background is null || background.Count != 3 || background.Any(v => !double.IsFinite(v)))
+            throw new ArgumentException($"Background must hold 3 finite values (RGB); found [{(background is null ? "null" : string.Join(", ", background))}]", "options");
+    }
+
+    /// <summary>Throws an <see cref="ArgumentException"/> naming <paramref name="what"/> and the first bad row when a row of <paramref name="t"/> [N, C] is not finite.</summary>
+    public static void CheckFiniteRows(Tensor t, string what, string paramName)
+    {
+        if (t.numel() == 0) return;
+        using var scope = torch.NewDisposeScope();
+        var bad = t.isfinite().all(1).logical_not();
+        if (!bad.any().item<bool>()) return;
+        long count = bad.sum().item<long>();
+        long first = bad.nonzero()[0, 0].item<long>();
+        throw new ArgumentException($"{what} holds {count} row(s) with NaN or infinite values (first: row {first})", paramName);
+    }
+
+    /// <summary>The elements of <paramref name="t"/> in row-major order, copied to a new host array (empty for an empty tensor).</summary>
+    public static T[] HostArray<T>(Tensor t) where T : unmanaged => t.numel() == 0 ? Array.Empty<T>() : t.contiguous().cpu().data<T>().ToArray();
+
+    /// <summary>Averages <paramref name="factor"/>×<paramref name="factor"/> blocks of an [H, W, C] image (a box filter).</summary>
+    public static Tensor Downsample(Tensor image, int factor)
+    {
+        using var scope = torch.NewDisposeScope();
+        var chw = image.permute(2, 0, 1).unsqueeze(0);
+        var pooled = torch.nn.functional.avg_pool2d(chw, new long[] { factor, factor });
+        return pooled.squeeze(0).permute(1, 2, 0).contiguous().MoveToOuterDisposeScope();
+    }
+}
