@@ -159,14 +159,14 @@ public static class GaussianRasterizer
         var keep = tz.gt(0.2).logical_and(det.ne(0));
 
         double[] Arr(Tensor t) => RenderValidation.HostArray<double>(t);
-        var keepArr = RenderValidation.HostArray<bool>(keep);
+        var keepArr = RenderValidation.HostArray<byte>(keep.to(ScalarType.Byte));
         double[] pxA = Arr(px), pyA = Arr(py), aA = Arr(a), bA = Arr(b), cA = Arr(c), dA = Arr(safeDet), oA = Arr(opacity * coef),
             rA = Arr(radius), zA = Arr(tz), rgbA = Arr(rgb);
         int gridX = (width + Block - 1) / Block, gridY = (height + Block - 1) / Block;
         var kept = new List<int>();
         for (int i = 0; i < keepArr.Length; i++)
         {
-            if (!keepArr[i]) continue;
+            if (keepArr[i] == 0) continue;
             var (x0, y0, x1, y1) = Rect(pxA[i], pyA[i], (int)rA[i], gridX, gridY);
             if ((x1 - x0) * (y1 - y0) == 0) continue;
             kept.Add(i);

@@ -32,7 +32,17 @@ internal static class RenderValidation
     }
 
     /// <summary>The elements of <paramref name="t"/> in row-major order, copied to a new host array (empty for an empty tensor).</summary>
-    public static T[] HostArray<T>(Tensor t) where T : unmanaged => t.numel() == 0 ? Array.Empty<T>() : t.contiguous().cpu().data<T>().ToArray();
+    /// <remarks>One bulk copy of the tensor's bytes (TorchSharp's element accessor is far slower for large tensors); the
+    /// tensor's element type must be <typeparamref name="T"/>.</remarks>
+    public static T[] HostArray<T>(Tensor t) where T : unmanaged
+    {
+        if (t.numel() == 0) return Array.Empty<T>();
+        using var c = t.cpu().contiguous();
+        ReadOnlySpan<byte> raw = c.bytes;
+        if (raw.Length != t.numel() * System.Runtime.CompilerServices.Unsafe.SizeOf<T>())
+            throw new ArgumentException($"tensor of {t.dtype} does not hold {typeof(T).Name} elements", nameof(t));
+        return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, T>(raw).ToArray();
+    }
 
     /// <summary>Averages <paramref name="factor"/>×<paramref name="factor"/> blocks of an [H, W, C] image (a box filter).</summary>
     public static Tensor Downsample(Tensor image, int factor)
