@@ -4,6 +4,7 @@ using MdtDist.Core.IO;
 using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Pipeline;
+using MdtDist.Trellis.Rendering;
 using MdtDist.Trellis.Representations;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -38,6 +39,9 @@ public static class TrellisGenerateApp
           --samples B          samples in one batch (default 1)
           --device D           cpu (default) or cuda[:i] (needs a TorchSharp CUDA backend)
           --out PREFIX         output prefix (default trellis: trellis_0.ply, trellis_1.ply, ...)
+          --preview-size N     side of the preview stills (default 256; 0: no preview); per sample PREFIX_i_preview.png
+                               (labelled views) and PREFIX_i_turntable.gif
+          --turntable-frames N frames of the turntable GIF (default 36; 0: none)
         """;
 
     /// <summary>Command-line entry point; returns the exit code.</summary>
@@ -74,7 +78,7 @@ public static class TrellisGenerateApp
     private static int Int(Dictionary<string, string> o, string key, int fallback) =>
         o.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
 
-    /// <summary>Runs the pipeline and writes the .ply files; returns their paths.</summary>
+    /// <summary>Runs the pipeline and writes the .ply files and previews; returns their paths.</summary>
     public static IReadOnlyList<string> Generate(string? modelDir, bool tiny, Dictionary<string, string> o, TextWriter log)
     {
         var device = o.TryGetValue("device", out var d) ? torch.device(d) : CPU;
@@ -139,6 +143,16 @@ public static class TrellisGenerateApp
             GaussianPly.Save(path, s.Gaussians);
             files.Add(path);
             log.WriteLine($"sample {s.Index}: {s.Coords.shape[0]} voxels, {s.Gaussians.Count} Gaussians -> {path}");
+            int previewSize = Int(o, "preview-size", 256);
+            if (previewSize > 0)
+            {
+                var previews = Preview.SaveSample($"{prefix}_{s.Index}", s.Gaussians, mesh: null, new SamplePreviewOptions
+                {
+                    Resolution = previewSize, TurntableResolution = previewSize, TurntableFrames = Int(o, "turntable-frames", 36),
+                });
+                files.AddRange(previews);
+                log.WriteLine($"sample {s.Index}: preview -> {string.Join(", ", previews)}");
+            }
         }
         return files;
     }

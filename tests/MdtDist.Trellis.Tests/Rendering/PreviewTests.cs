@@ -150,6 +150,21 @@ public sealed class PreviewTests : IDisposable
     }
 
     [Fact]
+    public void TrellisGenerateWritesAPreviewPerSample()
+    {
+        var log = new StringWriter();
+        var prefix = Path.Combine(_dir, "t");
+        int rc = TrellisGenerate.TrellisGenerateApp.Run(new[] { "--random-tiny", "--ss-steps", "1", "--slat-steps", "1", "--out", prefix,
+            "--preview-size", "40", "--turntable-frames", "2" }, log);
+        Assert.True(rc == 0, log.ToString());
+        using var png = Image.Load<Rgb24>(prefix + "_0_preview.png");
+        Assert.Equal(5 * 40 + 6 * 4, png.Width); // the five default views
+        using var gif = Image.Load<Rgb24>(prefix + "_0_turntable.gif");
+        Assert.Equal(2, gif.Frames.Count);
+        Assert.Equal((40, 40), (gif.Width, gif.Height));
+    }
+
+    [Fact]
     public void VoxelsRenderFromANamedCamera()
     {
         using var scope = torch.NewDisposeScope();
