@@ -71,7 +71,7 @@ public class RenderBenchmarks
         using var r = GaussianRasterizer.Render(_gaussians, _camera, new GaussianRenderOptions { Resolution = 512 });
     }
 
-    [Benchmark(Description = "Gaussians: projection only (EWA, TorchSharp)")]
+    [Benchmark(Description = "Gaussians: projection only (activations + EWA)")]
     public void GaussianProjection()
     {
         GaussianRasterizer.Project(_gaussians, _camera, 512, 512, new GaussianRenderOptions());

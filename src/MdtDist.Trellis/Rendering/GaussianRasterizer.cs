@@ -32,7 +32,7 @@ public sealed record GaussianRenderOptions
 /// with opacity compensation, 16×16 tiles, depth-sorted front-to-back alpha compositing with early termination.
 /// </summary>
 /// <remarks>
-/// <para>Per Gaussian (vectorised in TorchSharp, float64, on the Gaussians' device): world mean <c>μ</c>, scales <c>s</c>,
+/// <para>Per Gaussian (activations by the <see cref="Gaussians"/> getters in TorchSharp, then float64 loops on the host): world mean <c>μ</c>, scales <c>s</c>,
 /// unit quaternion <c>q</c> and opacity <c>o</c> from the <see cref="Gaussians"/> getters (TRELLIS's activations, its 3D
 /// filter included); <c>Σ = R(q)·diag(s²)·R(q)ᵀ</c>; camera point <c>t = R_v·μ + t_v</c>, culled when <c>t_z ≤ 0.2</c>;
 /// Jacobian <c>J = [[F_x/t_z, 0, −F_x·t̂_x/t_z²], [0, F_y/t_z, −F_y·t̂_y/t_z²]]</c> with <c>F_x = W·f_x</c> and
@@ -99,89 +99,105 @@ public static class GaussianRasterizer
     /// <summary>Projects every Gaussian (TorchSharp, float64) and keeps those the CUDA preprocessing keeps.</summary>
     internal static Projected Project(Gaussians g, TrellisCamera camera, int width, int height, GaussianRenderOptions options)
     {
-        using var scope = torch.NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        var f64 = ScalarType.Float64;
-        var xyz = g.GetXyz().to(f64);
-        var scales = g.GetScaling().to(f64) * options.ScaleModifier;
-        var q = g.GetRotation().to(f64);
-        var opacity = g.GetOpacity().to(f64).reshape(-1);
-        var features = g.FeaturesDc.to(f64).reshape(-1, 3);
-        foreach (var (t, name) in new[] { (xyz, "xyz"), (scales, "scaling"), (q, "rotation"), (opacity.unsqueeze(1), "opacity"), (features, "features_dc") })
-            RenderValidation.CheckFiniteRows(t, "Gaussian " + name, "gaussians");
-
-        var dev = xyz.device;
-        var e = camera.Extrinsics;
-        var rv = torch.tensor(new[] { e[0], e[1], e[2], e[4], e[5], e[6], e[8], e[9], e[10] }, new long[] { 3, 3 }, f64, dev);
-        var tv = torch.tensor(new[] { e[3], e[7], e[11] }, f64, dev);
-        var pv = xyz.matmul(rv.t()) + tv;
-        var tx = pv[.., 0]; var ty = pv[.., 1]; var tz = pv[.., 2];
-
-        // Σ = R(q)·diag(s)²·R(q)ᵀ with q = (w, x, y, z), so Σ' = J·R_v·Σ·R_vᵀ·Jᵀ = M·Mᵀ with M = J·R_v·R(q)·diag(s) (2×3 per
-        // Gaussian). Built from [G, 3] rows rather than batched 3×3 matrix products, which are slow for tiny matrices.
-        var (w, x, y, z) = (q[.., 0], q[.., 1], q[.., 2], q[.., 3]);
-        var rq = torch.stack(new[]
+        // Activations with the Gaussians' own getters (TorchSharp), then one host copy each.
+        double[] xyz, scales, rot, opacity, features;
+        using (var scope = torch.NewDisposeScope())
+        using (torch.no_grad())
         {
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        }, 1).reshape(-1, 3, 3);
+            var f64 = ScalarType.Float64;
+            xyz = RenderValidation.HostArray<double>(g.GetXyz().to(f64));
+            scales = RenderValidation.HostArray<double>(g.GetScaling().to(f64));
+            rot = RenderValidation.HostArray<double>(g.GetRotation().to(f64));
+            opacity = RenderValidation.HostArray<double>(g.GetOpacity().to(f64));
+            features = RenderValidation.HostArray<double>(g.FeaturesDc.to(f64));
+        }
+        RenderValidation.CheckFiniteRows(xyz, 3, "Gaussian xyz", "gaussians");
+        RenderValidation.CheckFiniteRows(scales, 3, "Gaussian scaling", "gaussians");
+        RenderValidation.CheckFiniteRows(rot, 4, "Gaussian rotation", "gaussians");
+        RenderValidation.CheckFiniteRows(opacity, 1, "Gaussian opacity", "gaussians");
+        RenderValidation.CheckFiniteRows(features, 3, "Gaussian features_dc", "gaussians");
 
+        int n = opacity.Length;
+        var e = camera.Extrinsics;
         double tanX = 0.5 / camera.Fx, tanY = 0.5 / camera.Fy;
         double focalX = width * camera.Fx, focalY = height * camera.Fy;
-        var txc = (tx / tz).clamp(-1.3 * tanX, 1.3 * tanX) * tz;
-        var tyc = (ty / tz).clamp(-1.3 * tanY, 1.3 * tanY) * tz;
-        // Rows of J·R_v: J = [[F_x/t_z, 0, −F_x·t̂_x/t_z²], [0, F_y/t_z, −F_y·t̂_y/t_z²]].
-        var j0 = (focalX / tz).unsqueeze(1) * rv[0].unsqueeze(0) + (-(focalX * txc) / (tz * tz)).unsqueeze(1) * rv[2].unsqueeze(0);
-        var j1 = (focalY / tz).unsqueeze(1) * rv[1].unsqueeze(0) + (-(focalY * tyc) / (tz * tz)).unsqueeze(1) * rv[2].unsqueeze(0);
-        var m0 = (j0.unsqueeze(2) * rq).sum(1) * scales;
-        var m1 = (j1.unsqueeze(2) * rq).sum(1) * scales;
-        var a = (m0 * m0).sum(1); var b = (m0 * m1).sum(1); var c = (m1 * m1).sum(1);
-        double k = options.KernelSize;
-        var det0 = (a * c - b * b).clamp_min(1e-6);
-        var det1 = ((a + k) * (c + k) - b * b).clamp_min(1e-6);
-        var coef = torch.sqrt(det0 / (det1 + 1e-6) + 1e-6);
-        coef = torch.where(det0.le(1e-6).logical_or(det1.le(1e-6)), torch.zeros_like(coef), coef);
-        a = a + k; c = c + k;
-        var det = a * c - b * b;
-        var safeDet = torch.where(det.eq(0), torch.ones_like(det), det);
-        var mid = 0.5 * (a + c);
-        var root = torch.sqrt((mid * mid - det).clamp_min(0.1));
-        var radius = torch.ceil(3 * torch.sqrt(torch.maximum(mid + root, mid - root)));
-
-        // TRELLIS's projection matrix and ndc2Pix: ndc = clip / (w + 1e-7), pixel = ((ndc + 1)·S − 1) / 2.
-        var ndcX = (2 * camera.Fx * tx + (2 * camera.Cx - 1) * tz) / (tz + 1e-7);
-        var ndcY = (2 * camera.Fy * ty + (2 * camera.Cy - 1) * tz) / (tz + 1e-7);
-        var px = ((ndcX + 1) * width - 1) * 0.5;
-        var py = ((ndcY + 1) * height - 1) * 0.5;
-        const double shC0 = 0.28209479177387814;
-        var rgb = (shC0 * features + 0.5).clamp_min(0);
-        var keep = tz.gt(0.2).logical_and(det.ne(0));
-
-        double[] Arr(Tensor t) => RenderValidation.HostArray<double>(t);
-        var keepArr = RenderValidation.HostArray<byte>(keep.to(ScalarType.Byte));
-        double[] pxA = Arr(px), pyA = Arr(py), aA = Arr(a), bA = Arr(b), cA = Arr(c), dA = Arr(safeDet), oA = Arr(opacity * coef),
-            rA = Arr(radius), zA = Arr(tz), rgbA = Arr(rgb);
+        double k = options.KernelSize, mod = options.ScaleModifier;
         int gridX = (width + Block - 1) / Block, gridY = (height + Block - 1) / Block;
-        var kept = new List<int>();
-        for (int i = 0; i < keepArr.Length; i++)
+        var all = new Projected(n);
+        var keep = new bool[n];
+        // One independent computation per Gaussian (so the result does not depend on the partition); plain loops rather
+        // than ~80 libtorch ops on [G] tensors, whose per-op thread synchronisation dominates on a loaded 2-core machine.
+        Parallel.For(0, (n + 4095) / 4096, chunk =>
         {
-            if (keepArr[i] == 0) continue;
-            var (x0, y0, x1, y1) = Rect(pxA[i], pyA[i], (int)rA[i], gridX, gridY);
-            if ((x1 - x0) * (y1 - y0) == 0) continue;
-            kept.Add(i);
-        }
-        var p = new Projected(kept.Count);
-        for (int j = 0; j < kept.Count; j++)
+            int end = Math.Min(n, (chunk + 1) * 4096);
+            for (int i = chunk * 4096; i < end; i++)
+            {
+                double px = xyz[3 * i], py = xyz[3 * i + 1], pz = xyz[3 * i + 2];
+                double tx = e[0] * px + e[1] * py + e[2] * pz + e[3];
+                double ty = e[4] * px + e[5] * py + e[6] * pz + e[7];
+                double tz = e[8] * px + e[9] * py + e[10] * pz + e[11];
+                if (!(tz > 0.2)) continue;
+
+                // R(q) for q = (w, x, y, z).
+                double w = rot[4 * i], x = rot[4 * i + 1], y = rot[4 * i + 2], z = rot[4 * i + 3];
+                double r00 = 1 - 2 * (y * y + z * z), r01 = 2 * (x * y - w * z), r02 = 2 * (x * z + w * y);
+                double r10 = 2 * (x * y + w * z), r11 = 1 - 2 * (x * x + z * z), r12 = 2 * (y * z - w * x);
+                double r20 = 2 * (x * z - w * y), r21 = 2 * (y * z + w * x), r22 = 1 - 2 * (x * x + y * y);
+                double s0 = mod * scales[3 * i], s1 = mod * scales[3 * i + 1], s2 = mod * scales[3 * i + 2];
+
+                // Rows of J·R_v with J = [[F_x/t_z, 0, −F_x·t̂_x/t_z²], [0, F_y/t_z, −F_y·t̂_y/t_z²]].
+                double txc = Math.Min(1.3 * tanX, Math.Max(-1.3 * tanX, tx / tz)) * tz;
+                double tyc = Math.Min(1.3 * tanY, Math.Max(-1.3 * tanY, ty / tz)) * tz;
+                double ja = focalX / tz, jb = -(focalX * txc) / (tz * tz), jc = focalY / tz, jd = -(focalY * tyc) / (tz * tz);
+                double a0 = ja * e[0] + jb * e[8], a1 = ja * e[1] + jb * e[9], a2 = ja * e[2] + jb * e[10];
+                double b0 = jc * e[4] + jd * e[8], b1 = jc * e[5] + jd * e[9], b2 = jc * e[6] + jd * e[10];
+                // M = J·R_v·R(q)·diag(s), Σ' = M·Mᵀ.
+                double m00 = (a0 * r00 + a1 * r10 + a2 * r20) * s0, m01 = (a0 * r01 + a1 * r11 + a2 * r21) * s1, m02 = (a0 * r02 + a1 * r12 + a2 * r22) * s2;
+                double m10 = (b0 * r00 + b1 * r10 + b2 * r20) * s0, m11 = (b0 * r01 + b1 * r11 + b2 * r21) * s1, m12 = (b0 * r02 + b1 * r12 + b2 * r22) * s2;
+                double ca = m00 * m00 + m01 * m01 + m02 * m02, cb = m00 * m10 + m01 * m11 + m02 * m12, cc = m10 * m10 + m11 * m11 + m12 * m12;
+
+                // mip-splatting's 2D filter with opacity compensation.
+                double det0 = Math.Max(1e-6, ca * cc - cb * cb);
+                double det1 = Math.Max(1e-6, (ca + k) * (cc + k) - cb * cb);
+                double coef = det0 <= 1e-6 || det1 <= 1e-6 ? 0 : Math.Sqrt(det0 / (det1 + 1e-6) + 1e-6);
+                ca += k; cc += k;
+                double det = ca * cc - cb * cb;
+                if (det == 0) continue;
+                double mid = 0.5 * (ca + cc), root = Math.Sqrt(Math.Max(0.1, mid * mid - det));
+                int radius = (int)Math.Ceiling(3 * Math.Sqrt(Math.Max(mid + root, mid - root)));
+
+                // TRELLIS's projection matrix and ndc2Pix: ndc = clip / (w + 1e-7), pixel = ((ndc + 1)·S − 1) / 2.
+                double ndcX = (2 * camera.Fx * tx + (2 * camera.Cx - 1) * tz) / (tz + 1e-7);
+                double ndcY = (2 * camera.Fy * ty + (2 * camera.Cy - 1) * tz) / (tz + 1e-7);
+                double sx = ((ndcX + 1) * width - 1) * 0.5, sy = ((ndcY + 1) * height - 1) * 0.5;
+                var (x0, y0, x1, y1) = Rect(sx, sy, radius, gridX, gridY);
+                if ((x1 - x0) * (y1 - y0) == 0) continue;
+
+                keep[i] = true;
+                all.Index[i] = i; all.X[i] = sx; all.Y[i] = sy;
+                all.ConA[i] = cc / det; all.ConB[i] = -cb / det; all.ConC[i] = ca / det;
+                all.Opacity[i] = opacity[i] * coef; all.Depth[i] = tz; all.Radius[i] = radius;
+                for (int ch = 0; ch < 3; ch++) all.Rgb[3 * i + ch] = Math.Max(0, ShC0 * features[3 * i + ch] + 0.5);
+            }
+        });
+
+        int kept = keep.Count(v => v);
+        if (kept == n) return all;
+        var p = new Projected(kept);
+        for (int i = 0, j = 0; i < n; i++)
         {
-            int i = kept[j];
-            p.Index[j] = i; p.X[j] = pxA[i]; p.Y[j] = pyA[i];
-            p.ConA[j] = cA[i] / dA[i]; p.ConB[j] = -bA[i] / dA[i]; p.ConC[j] = aA[i] / dA[i];
-            p.Opacity[j] = oA[i]; p.Depth[j] = zA[i]; p.Radius[j] = (int)rA[i];
-            p.Rgb[3 * j] = rgbA[3 * i]; p.Rgb[3 * j + 1] = rgbA[3 * i + 1]; p.Rgb[3 * j + 2] = rgbA[3 * i + 2];
+            if (!keep[i]) continue;
+            p.Index[j] = i; p.X[j] = all.X[i]; p.Y[j] = all.Y[i];
+            p.ConA[j] = all.ConA[i]; p.ConB[j] = all.ConB[i]; p.ConC[j] = all.ConC[i];
+            p.Opacity[j] = all.Opacity[i]; p.Depth[j] = all.Depth[i]; p.Radius[j] = all.Radius[i];
+            p.Rgb[3 * j] = all.Rgb[3 * i]; p.Rgb[3 * j + 1] = all.Rgb[3 * i + 1]; p.Rgb[3 * j + 2] = all.Rgb[3 * i + 2];
+            j++;
         }
         return p;
     }
+
+    /// <summary>SH band-0 constant: colour = max(0, C0·f_dc + 0.5).</summary>
+    private const double ShC0 = 0.28209479177387814;
 
     /// <summary>The CUDA <c>getRect</c>: the tile rectangle [x0, x1) × [y0, y1) a footprint of the given radius touches.</summary>
     private static (int X0, int Y0, int X1, int Y1) Rect(double px, double py, int r, int gridX, int gridY) => (

@@ -19,18 +19,6 @@ internal static class RenderValidation
             throw new ArgumentException($"Background must hold 3 finite values (RGB); found [{(background is null ? "null" : string.Join(", ", background))}]", "options");
     }
 
-    /// <summary>Throws an <see cref="ArgumentException"/> naming <paramref name="what"/> and the first bad row when a row of <paramref name="t"/> [N, C] is not finite.</summary>
-    public static void CheckFiniteRows(Tensor t, string what, string paramName)
-    {
-        if (t.numel() == 0) return;
-        using var scope = torch.NewDisposeScope();
-        var bad = t.isfinite().all(1).logical_not();
-        if (!bad.any().item<bool>()) return;
-        long count = bad.sum().item<long>();
-        long first = bad.nonzero()[0, 0].item<long>();
-        throw new ArgumentException($"{what} holds {count} row(s) with NaN or infinite values (first: row {first})", paramName);
-    }
-
     /// <summary>The elements of <paramref name="t"/> in row-major order, copied to a new host array (empty for an empty tensor).</summary>
     /// <remarks>One bulk copy of the tensor's bytes (TorchSharp's element accessor is far slower for large tensors); the
     /// tensor's element type must be <typeparamref name="T"/>.</remarks>
@@ -42,6 +30,22 @@ internal static class RenderValidation
         if (raw.Length != t.numel() * System.Runtime.CompilerServices.Unsafe.SizeOf<T>())
             throw new ArgumentException($"tensor of {t.dtype} does not hold {typeof(T).Name} elements", nameof(t));
         return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, T>(raw).ToArray();
+    }
+
+    /// <summary>Throws an <see cref="ArgumentException"/> naming <paramref name="what"/> and the first bad row when a row of
+    /// <paramref name="values"/> (rows of <paramref name="width"/> numbers) holds NaN or ±∞.</summary>
+    public static void CheckFiniteRows(double[] values, int width, string what, string paramName)
+    {
+        long count = 0, first = -1;
+        for (int i = 0; i < values.Length; i += width)
+        {
+            bool bad = false;
+            for (int j = 0; j < width; j++) bad |= !double.IsFinite(values[i + j]);
+            if (!bad) continue;
+            if (first < 0) first = i / width;
+            count++;
+        }
+        if (count > 0) throw new ArgumentException($"{what} holds {count} row(s) with NaN or infinite values (first: row {first})", paramName);
     }
 
     /// <summary>Averages <paramref name="factor"/>×<paramref name="factor"/> blocks of an [H, W, C] image (a box filter).</summary>

@@ -37,8 +37,8 @@ public static class VoxelMesh
         using (var scope = torch.NewDisposeScope())
         {
             c = RenderValidation.HostArray<long>(coordinates.to(ScalarType.Int64));
-            if (colors is not null) RenderValidation.CheckFiniteRows(colors.to(ScalarType.Float64), "voxel colors", nameof(colors));
             col = colors is null ? Array.Empty<double>() : RenderValidation.HostArray<double>(colors.to(ScalarType.Float64));
+            RenderValidation.CheckFiniteRows(col, 3, "voxel colors", nameof(colors));
         }
         for (long i = 0; i < n; i++)
             for (int a = 0; a < 3; a++)
