@@ -197,6 +197,17 @@ public class GaussianRasterizerTests
     }
 
     [Fact]
+    public void ACancelledTokenStopsRendering()
+    {
+        using var g = RenderTestData.TrellisLike(100, seed: 4);
+        using var cube = RenderTestData.UnitCube();
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        Assert.ThrowsAny<OperationCanceledException>(() => GaussianRasterizer.Render(g, TrellisCamera.Named("front"), new GaussianRenderOptions { Resolution = 64 }, cts.Token));
+        Assert.ThrowsAny<OperationCanceledException>(() => MeshRasterizer.Render(cube, TrellisCamera.Named("front"), new MeshRenderOptions { Resolution = 64 }, cts.Token));
+    }
+
+    [Fact]
     public void BadOptionsAreRefused()
     {
         using var g = RenderTestData.TrellisLike(10, seed: 1);
