@@ -78,7 +78,7 @@ public static class TrellisGenerateApp
     private static int Int(Dictionary<string, string> o, string key, int fallback) =>
         o.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
 
-    /// <summary>Runs the pipeline and writes the .ply files and previews; returns their paths.</summary>
+    /// <summary>Runs the pipeline and writes the .ply files; returns their paths.</summary>
     public static IReadOnlyList<string> Generate(string? modelDir, bool tiny, Dictionary<string, string> o, TextWriter log)
     {
         var device = o.TryGetValue("device", out var d) ? torch.device(d) : CPU;
