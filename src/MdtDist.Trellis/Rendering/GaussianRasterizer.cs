@@ -5,6 +5,8 @@ using static TorchSharp.torch;
 namespace MdtDist.Trellis.Rendering;
 
 /// <summary>Settings of <see cref="GaussianRasterizer"/>; the defaults are TRELLIS's preview settings (<c>render_utils.get_renderer</c>).</summary>
+/// <remarks>TRELLIS also sets near 0.8 and far 1.6; its rasteriser uses them only in the depth row of the projection
+/// matrix, which moves no pixel (it culls at camera depth ≤ 0.2), so they are not options here.</remarks>
 public sealed record GaussianRenderOptions
 {
     /// <summary>Output width and height in pixels (TRELLIS: 512).</summary>
