@@ -86,6 +86,24 @@ public class GaussianRasterizerTests
     }
 
     [Fact]
+    public void AGaussianStopsAtTheTilesOfItsFootprintRectangleAsInTheCudaRasteriser()
+    {
+        // σ0 = F·s/2 = 5.1 px: λ = σ0² + 0.1 + sqrt(0.1) ≈ 26.4, radius = ceil(3·sqrt(λ)) = 16. Centre x = 32: the tile
+        // rectangle is [(int)(16/16), (int)((32 + 16 + 15)/16)) = tiles [1, 3), pixels 16..47. So pixel 16 (16 px left)
+        // still gets α ≈ 0.0067 > 1/255 while pixel 48 (16 px right) gets nothing.
+        double s = 2 * 5.1 / F;
+        using var g = RenderTestData.Isotropic(new[] { new[] { 0.0, 0.0, 0.0 } }, new[] { s }, new[] { 0.9 }, new[] { new[] { 1.0, 1.0, 1.0 } });
+        using var r = GaussianRasterizer.Render(g, TrellisCamera.Named("front"), new GaussianRenderOptions { Resolution = W });
+        var a = Alpha(r);
+        double inside = ExpectedAlpha(s, 0.9, 16 * 16);
+        Assert.InRange(inside, 1.0 / 255, 0.01);
+        Assert.Equal(inside, a[32 * W + 16], 10);
+        Assert.Equal(0.0, a[32 * W + 48]);
+        Assert.Equal(0.0, a[48 * W + 32]);
+        Assert.Equal(inside, a[16 * W + 32], 10);
+    }
+
+    [Fact]
     public void AnOffCentreGaussianLandsWhereTheCameraProjectsIt()
     {
         // World (0.2, 0, 0.1) from the front camera: camera coordinates (x, y, z) = (−0.2, −0.1, 2). TRELLIS's projection
