@@ -154,7 +154,8 @@ public sealed class PreviewTests : IDisposable
     {
         var log = new StringWriter();
         var prefix = Path.Combine(_dir, "t");
-        int rc = TrellisGenerate.TrellisGenerateApp.Run(new[] { "--random-tiny", "--ss-steps", "1", "--slat-steps", "1", "--out", prefix,
+        var image = Path.Combine(AppContext.BaseDirectory, "TestData", "image_preprocess", "wide_input.png");
+        int rc = TrellisGenerate.TrellisGenerateApp.Run(new[] { "--random-tiny", "--image", image, "--ss-steps", "1", "--slat-steps", "1", "--out", prefix,
             "--preview-size", "40", "--turntable-frames", "2" }, log);
         Assert.True(rc == 0, log.ToString());
         using var png = Image.Load<Rgb24>(prefix + "_0_preview.png");
