@@ -4,6 +4,7 @@ using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Conditioning;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Pipeline;
+using MdtDist.Trellis.Rendering;
 using MdtDist.Trellis.Representations;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -43,6 +44,9 @@ public static class TrellisGenerateApp
           --samples B          samples in one batch (default 1)
           --device D           cpu (default) or cuda[:i] (needs a TorchSharp CUDA backend)
           --out PREFIX         output prefix (default trellis: trellis_0.ply, trellis_1.ply, ...)
+          --preview-size N     side of the preview stills (default 256; 0: no preview); per sample PREFIX_i_preview.png
+                               (labelled views) and PREFIX_i_turntable.gif
+          --turntable-frames N frames of the turntable GIF (default 36; 0: none)
         """;
 
     /// <summary>Command-line entry point; returns the exit code.</summary>
@@ -159,6 +163,16 @@ public static class TrellisGenerateApp
             GaussianPly.Save(path, s.Gaussians);
             files.Add(path);
             log.WriteLine($"sample {s.Index}: {s.Coords.shape[0]} voxels, {s.Gaussians.Count} Gaussians -> {path}");
+            int previewSize = Int(o, "preview-size", 256);
+            if (previewSize > 0)
+            {
+                var previews = Preview.SaveSample($"{prefix}_{s.Index}", s.Gaussians, mesh: null, new SamplePreviewOptions
+                {
+                    Resolution = previewSize, TurntableResolution = previewSize, TurntableFrames = Int(o, "turntable-frames", 36),
+                });
+                files.AddRange(previews);
+                log.WriteLine($"sample {s.Index}: preview -> {string.Join(", ", previews)}");
+            }
         }
         return files;
     }
