@@ -108,6 +108,7 @@ public static class MeshSimplifier
             Neighbours(vertFaces[b], faces, faceAlive, b, neighB);
             neighA.IntersectWith(neighB);
             if (neighA.Count != shared) continue;
+            if (DuplicatesAFace(faces, faceAlive, vertFaces[a], vertFaces[b], a, b)) continue;
             Optimal(q, pos, a, b, merged, out double t);
             if (Flips(pos, faces, faceAlive, vertFaces[a], a, b, merged) || Flips(pos, faces, faceAlive, vertFaces[b], b, a, merged)) continue;
 
@@ -138,6 +139,31 @@ public static class MeshSimplifier
         for (int f = 0; f < nf; f++)
             if (faceAlive[f]) { outFaces.Add(faces[3 * f]); outFaces.Add(faces[3 * f + 1]); outFaces.Add(faces[3 * f + 2]); }
         return new MeshArrays(pos, outFaces.ToArray(), col, m.Normals, normalsStale: m.Normals is not null);
+    }
+
+    /// <summary>Whether moving b's faces onto a would recreate one of a's faces (a tetrahedron folding into two triangles).</summary>
+    private static bool DuplicatesAFace(int[] faces, bool[] faceAlive, List<int> facesA, List<int> facesB, int a, int b)
+    {
+        var existing = new HashSet<(int, int)>();
+        foreach (int f in facesA)
+        {
+            if (!faceAlive[f] || HasVertex(faces, f, b)) continue;
+            var (x, y) = Others(faces, f, a);
+            existing.Add(x < y ? (x, y) : (y, x));
+        }
+        foreach (int f in facesB)
+        {
+            if (!faceAlive[f] || HasVertex(faces, f, a)) continue;
+            var (x, y) = Others(faces, f, b);
+            if (existing.Contains(x < y ? (x, y) : (y, x))) return true;
+        }
+        return false;
+    }
+
+    private static (int, int) Others(int[] faces, int f, int v)
+    {
+        int k = faces[3 * f] == v ? 0 : faces[3 * f + 1] == v ? 1 : 2;
+        return (faces[3 * f + (k + 1) % 3], faces[3 * f + (k + 2) % 3]);
     }
 
     private static long Key(int a, int b) => a < b ? ((long)a << 32) | (uint)b : ((long)b << 32) | (uint)a;
