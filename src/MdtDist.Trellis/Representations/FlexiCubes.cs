@@ -269,7 +269,7 @@ public static class FlexiCubes
     private static Tensor Contains(Tensor sorted, Tensor query)
     {
         if (sorted.shape[0] == 0) return torch.zeros(query.shape, dtype: ScalarType.Bool, device: query.device);
-        var pos = torch.searchsorted(sorted, query).clamp_max(sorted.shape[0] - 1);
+        var pos = torch.searchsorted(sorted, query.contiguous()).clamp_max(sorted.shape[0] - 1);
         return sorted.index_select(0, pos.reshape(-1)).reshape(query.shape).eq(query);
     }
 
@@ -304,7 +304,7 @@ public static class FlexiCubes
         {
             long v = VertexIds.shape[0];
             if (v == 0) return (torch.zeros_like(ids), torch.zeros(ids.shape, dtype: ScalarType.Bool, device: ids.device));
-            var pos = torch.searchsorted(VertexIds, ids.reshape(-1)).clamp_max(v - 1).reshape(ids.shape);
+            var pos = torch.searchsorted(VertexIds, ids.reshape(-1).contiguous()).clamp_max(v - 1).reshape(ids.shape);
             var found = VertexIds.index_select(0, pos.reshape(-1)).reshape(ids.shape).eq(ids);
             return (pos, found);
         }
@@ -340,7 +340,7 @@ public static class FlexiCubes
         {
             long n = _cubeIdsSorted.shape[0];
             if (n == 0) return torch.zeros(new[] { cubeIds.shape[0], 21L }, dtype: Dtype, device: Device);
-            var pos = torch.searchsorted(_cubeIdsSorted, cubeIds).clamp_max(n - 1);
+            var pos = torch.searchsorted(_cubeIdsSorted, cubeIds.contiguous()).clamp_max(n - 1);
             var found = _cubeIdsSorted.index_select(0, pos).eq(cubeIds);
             var val = _cubeWeightsSorted.index_select(0, pos);
             return torch.where(found.unsqueeze(1), val, torch.zeros_like(val));
