@@ -32,41 +32,64 @@ public class MeshPipelineTests
         new(p.StructureFlow, p.StructureDecoder, p.LatentFlow, p.GaussianDecoder, p.Normalization, p.StructureSampler, p.LatentSampler, meshDecoder: mesh);
 
     [Fact]
-    public void PipelineDecodesMeshesWhenAskedAndTheyMatchTheDecoderPlusFlexiCubes()
+    public void DecodeStageGivesTheDecoderPlusFlexiCubesMeshPerSample()
     {
         using var scope = torch.NewDisposeScope();
         var pipeline = WithMesh(TinyPipeline.Create(ScalarType.Float64), TinyMeshDecoder(ScalarType.Float64));
         Assert.Equal(TrellisFormats.Gaussians | TrellisFormats.Mesh, pipeline.AvailableFormats);
+        // two samples of 12 voxels each: a 3x2x2 block at different places of the 16³ grid
+        var rows = new List<int>();
+        foreach (var (b, ox) in new[] { (0, 5), (1, 8) })
+            for (int x = 0; x < 3; x++) for (int y = 0; y < 2; y++) for (int z = 0; z < 2; z++) rows.AddRange(new[] { b, ox + x, 6 + y, 7 + z });
+        var coords = torch.tensor(rows.ToArray(), new long[] { rows.Count / 4, 4 });
+        var feats = torch.randn(new long[] { rows.Count / 4, 8 }, dtype: ScalarType.Float64, generator: new Generator(11));
+        var slat = new MdtDist.Trellis.Sparse.SparseTensor(feats, coords, 16);
+        using var both = pipeline.Decode(slat, TrellisFormats.Mesh | TrellisFormats.Gaussians);
+        Assert.Equal(2, both.Meshes!.Count);
+        Assert.Equal(2, both.Gaussians!.Count);
+        var inputs = pipeline.MeshDecoder!.Forward(slat);
+        try
+        {
+            for (int b = 0; b < 2; b++)
+            {
+                var mesh = both.Meshes[b];
+                _out.WriteLine($"sample {b}: {mesh.VertexCount} vertices, {mesh.FaceCount} faces");
+                using var extracted = FlexiCubes.Extract(inputs[b]);
+                Assert.True(extracted.Vertices.eq(mesh.Vertices).all().item<bool>());
+                Assert.True(extracted.Faces.eq(mesh.Faces).all().item<bool>());
+                Assert.True(extracted.VertexAttributes![.., 0..3].eq(mesh.Colors!).all().item<bool>());
+                Assert.NotNull(mesh.Normals);
+            }
+        }
+        finally
+        {
+            foreach (var i in inputs) i.Dispose();
+        }
+        using var meshOnly = pipeline.Decode(slat, TrellisFormats.Mesh);
+        Assert.Null(meshOnly.Gaussians);
+    }
+
+    [Fact]
+    public void RunDecodesMeshesOnlyWhenAsked()
+    {
+        using var scope = torch.NewDisposeScope();
+        var pipeline = WithMesh(TinyPipeline.Create(), TinyMeshDecoder());
         TrellisRunOptions Options(TrellisFormats formats) => new()
         {
-            Seed = 3, NumSamples = 2, Formats = formats,
-            StructureSampler = StageSampler.Student(1), LatentSampler = StageSampler.Student(1),
+            Seed = 3, Formats = formats, StructureSampler = StageSampler.Student(1), LatentSampler = StageSampler.Student(1),
         };
-        using var run = pipeline.Run(TinyPipeline.Condition(dtype: ScalarType.Float64), Options(TrellisFormats.Mesh | TrellisFormats.Gaussians));
-        using var gaussiansOnly = pipeline.Run(TinyPipeline.Condition(dtype: ScalarType.Float64), Options(TrellisFormats.Gaussians));
-        int withMesh = 0;
-        foreach (var s in run.Samples)
-        {
-            Assert.Null(gaussiansOnly.Samples[s.Index].Mesh);
-            if (s.IsEmpty) { Assert.Null(s.Mesh); continue; }
-            Assert.NotNull(s.Gaussians);
-            var mesh = s.Mesh!;
-            withMesh++;
-            _out.WriteLine($"sample {s.Index}: {s.Coords.shape[0]} voxels → {mesh.VertexCount} vertices, {mesh.FaceCount} faces");
-            Assert.NotNull(mesh.Colors);
-            Assert.NotNull(mesh.Normals);
-            Assert.True(mesh.Vertices.abs().max().item<double>() <= 0.5 + 0.5 / 64, "vertices outside the box");
-
-            // the same as running the stages by hand: decoder → FlexiCubes (inference) → mesh
-            var feats = s.Latent!;
-            var coords = torch.cat(new[] { torch.zeros(feats.shape[0], 1, dtype: ScalarType.Int32), s.Coords }, 1);
-            var inputs = pipeline.MeshDecoder!.Forward(new MdtDist.Trellis.Sparse.SparseTensor(feats, coords, 16));
-            using var extracted = FlexiCubes.Extract(inputs[0]);
-            foreach (var i in inputs) i.Dispose();
-            Assert.True(extracted.Vertices.eq(mesh.Vertices).all().item<bool>());
-            Assert.True(extracted.Faces.eq(mesh.Faces).all().item<bool>());
-        }
-        Assert.True(withMesh > 0, "the tiny pipeline produced no non-empty sample");
+        using var run = pipeline.Run(TinyPipeline.Condition(), Options(TrellisFormats.Mesh));
+        var s = run.Samples.Single();
+        Assert.False(s.IsEmpty, "the tiny pipeline produced an empty structure");
+        Assert.Null(s.Gaussians);
+        var mesh = s.Mesh!;
+        _out.WriteLine($"{s.Coords.shape[0]} voxels → {mesh.VertexCount} vertices, {mesh.FaceCount} faces");
+        Assert.NotNull(mesh.Colors);
+        // FlexiCubes vertices stay within half a deformation step of the [-0.5, 0.5]³ box (mesh res 64)
+        Assert.True(mesh.IsEmpty || mesh.Vertices.abs().max().item<double>() <= 0.5 + 0.5 / 64);
+        using var gaussiansOnly = pipeline.Run(TinyPipeline.Condition(), Options(TrellisFormats.Gaussians));
+        Assert.Null(gaussiansOnly.Samples.Single().Mesh);
+        Assert.NotNull(gaussiansOnly.Samples.Single().Gaussians);
     }
 
     [Fact]
@@ -113,7 +136,7 @@ public class MeshPipelineTests
         try
         {
             var log = new StringWriter();
-            int rc = TrellisGenerateApp.Run(new[] { "--random-tiny", "--samples", "2", "--ss-steps", "1", "--slat-steps", "1", "--simplify", "0.5", "--out", Path.Combine(dir, "t") }, log);
+            int rc = TrellisGenerateApp.Run(new[] { "--random-tiny", "--ss-steps", "1", "--slat-steps", "1", "--out", Path.Combine(dir, "t") }, log);
             _out.WriteLine(log.ToString());
             Assert.True(rc == 0, log.ToString());
             var glbs = Directory.GetFiles(dir, "*.glb");
