@@ -86,7 +86,7 @@ public class MeshPipelineTests
         _out.WriteLine($"{s.Coords.shape[0]} voxels → {mesh.VertexCount} vertices, {mesh.FaceCount} faces");
         Assert.NotNull(mesh.Colors);
         // FlexiCubes vertices stay within half a deformation step of the [-0.5, 0.5]³ box (mesh res 64)
-        Assert.True(mesh.IsEmpty || mesh.Vertices.abs().max().item<double>() <= 0.5 + 0.5 / 64);
+        Assert.True(mesh.IsEmpty || mesh.Vertices.abs().max().item<float>() <= 0.5 + 0.5 / 64);
         using var gaussiansOnly = pipeline.Run(TinyPipeline.Condition(), Options(TrellisFormats.Gaussians));
         Assert.Null(gaussiansOnly.Samples.Single().Mesh);
         Assert.NotNull(gaussiansOnly.Samples.Single().Gaussians);
