@@ -17,7 +17,8 @@ namespace MdtDist.Trellis.Pipeline;
 
 /// <summary>
 /// TRELLIS's two-stage image-to-3D pipeline: condition tokens → stage-1 flow (sparse structure) → structure decoder →
-/// occupied voxels → stage-2 flow (structured latent) on those voxels → un-normalise → Gaussian decoder. Each stage's
+/// occupied voxels → stage-2 flow (structured latent) on those voxels → un-normalise → Gaussian and/or mesh decoder
+/// (FlexiCubes). Each stage's
 /// solver, steps and guidance are set independently, so a 25-step teacher and a 1–2 step MDT-dist student run through
 /// the same code; either flow network can be replaced by a student (<see cref="WithStructureFlow"/>,
 /// <see cref="WithLatentFlow"/>). Runs batches of several samples, seeds make runs reproducible, progress is reported
@@ -31,12 +32,13 @@ public sealed class TrellisPipeline
     /// <exception cref="ArgumentException">The networks do not fit together (channels, condition widths).</exception>
     public TrellisPipeline(SparseStructureFlowModel structureFlow, SparseStructureDecoder structureDecoder, SLatFlowModel latentFlow,
         SLatGaussianDecoder? gaussianDecoder = null, SLatNormalization? normalization = null,
-        StageSampler? structureSampler = null, StageSampler? latentSampler = null, ILogger? logger = null)
+        StageSampler? structureSampler = null, StageSampler? latentSampler = null, ILogger? logger = null, SLatMeshDecoder? meshDecoder = null)
     {
         StructureFlow = structureFlow ?? throw new ArgumentNullException(nameof(structureFlow));
         StructureDecoder = structureDecoder ?? throw new ArgumentNullException(nameof(structureDecoder));
         LatentFlow = latentFlow ?? throw new ArgumentNullException(nameof(latentFlow));
         GaussianDecoder = gaussianDecoder;
+        MeshDecoder = meshDecoder;
         Normalization = normalization ?? SLatNormalization.TrellisImageLarge;
         StructureSampler = structureSampler ?? StageSampler.TrellisImageLarge;
         LatentSampler = latentSampler ?? StageSampler.TrellisImageLarge;
@@ -61,6 +63,9 @@ public sealed class TrellisPipeline
 
     /// <summary>The Gaussian decoder, if loaded.</summary>
     public SLatGaussianDecoder? GaussianDecoder { get; }
+
+    /// <summary>The mesh decoder (FlexiCubes features), if loaded.</summary>
+    public SLatMeshDecoder? MeshDecoder { get; }
 
     /// <summary>The structured-latent normalisation.</summary>
     public SLatNormalization Normalization { get; }
@@ -88,22 +93,24 @@ public sealed class TrellisPipeline
 
     /// <summary>The same pipeline with another stage-1 flow (e.g. a distilled student) and, optionally, its sampler.</summary>
     public TrellisPipeline WithStructureFlow(SparseStructureFlowModel flow, StageSampler? sampler = null) =>
-        new(flow, StructureDecoder, LatentFlow, GaussianDecoder, Normalization, sampler ?? StructureSampler, LatentSampler, _logger);
+        new(flow, StructureDecoder, LatentFlow, GaussianDecoder, Normalization, sampler ?? StructureSampler, LatentSampler, _logger, MeshDecoder);
 
     /// <summary>The same pipeline with another stage-2 flow (e.g. a distilled student) and, optionally, its sampler.</summary>
     public TrellisPipeline WithLatentFlow(SLatFlowModel flow, StageSampler? sampler = null) =>
-        new(StructureFlow, StructureDecoder, flow, GaussianDecoder, Normalization, StructureSampler, sampler ?? LatentSampler, _logger);
+        new(StructureFlow, StructureDecoder, flow, GaussianDecoder, Normalization, StructureSampler, sampler ?? LatentSampler, _logger, MeshDecoder);
 
     /// <summary>
     /// Loads a TRELLIS model folder: <c>pipeline.json</c> (its <c>models</c>, samplers and <c>slat_normalization</c>)
     /// and the <c>ckpts/NAME.json</c> + <c>ckpts/NAME.safetensors</c> it names. A model given as
     /// <c>owner/repo/ckpts/NAME</c> (TRELLIS-text's references into TRELLIS-image-large) is looked up in the folder, then
-    /// in a sibling folder named after the repository.
+    /// in a sibling folder named after the repository. The Gaussian and mesh decoders are loaded when <c>pipeline.json</c>
+    /// names them (<c>slat_decoder_gs</c>, <c>slat_decoder_mesh</c>) and the corresponding flag is set.
     /// </summary>
     /// <exception cref="FileNotFoundException">pipeline.json or a checkpoint is missing (the message names the paths tried).</exception>
     /// <exception cref="InvalidDataException">pipeline.json is malformed or holds invalid values (checked before any network is
     /// built; see <see cref="TrellisPipelineConfig.Read"/>), or a checkpoint is corrupt.</exception>
-    public static TrellisPipeline FromFolder(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null, ILogger? logger = null, bool loadGaussianDecoder = true)
+    public static TrellisPipeline FromFolder(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null, ILogger? logger = null, bool loadGaussianDecoder = true,
+        bool loadMeshDecoder = true)
     {
         ArgumentNullException.ThrowIfNull(folder);
         var pj = Path.Combine(folder, "pipeline.json");
@@ -117,8 +124,11 @@ public sealed class TrellisPipeline
         SLatGaussianDecoder? gs = null;
         if (loadGaussianDecoder && config.Models.ContainsKey("slat_decoder_gs"))
             gs = TrellisCheckpoint.Load<SLatGaussianDecoder>(Model("slat_decoder_gs"), dtype, device);
+        SLatMeshDecoder? mesh = null;
+        if (loadMeshDecoder && config.Models.ContainsKey("slat_decoder_mesh"))
+            mesh = TrellisCheckpoint.Load<SLatMeshDecoder>(Model("slat_decoder_mesh"), dtype, device);
         log.LogInformation("Loaded TRELLIS pipeline from {Folder} ({DType}); stage 1: {S1}; stage 2: {S2}", folder, dtype, config.StructureSampler, config.LatentSampler);
-        return new TrellisPipeline(ssFlow, ssDec, slatFlow, gs, config.Normalization, config.StructureSampler, config.LatentSampler, logger);
+        return new TrellisPipeline(ssFlow, ssDec, slatFlow, gs, config.Normalization, config.StructureSampler, config.LatentSampler, logger, mesh);
     }
 
     internal static string ResolveModelPath(string folder, string rel)
@@ -313,21 +323,72 @@ public sealed class TrellisPipeline
     }
 
     /// <summary>The formats this pipeline has decoders for.</summary>
-    public TrellisFormats AvailableFormats => GaussianDecoder is null ? TrellisFormats.None : TrellisFormats.Gaussians;
+    public TrellisFormats AvailableFormats =>
+        (GaussianDecoder is null ? TrellisFormats.None : TrellisFormats.Gaussians) | (MeshDecoder is null ? TrellisFormats.None : TrellisFormats.Mesh);
 
     /// <summary>Decodes a structured latent (TRELLIS's <c>decode_slat</c>) into the requested <paramref name="formats"/>.</summary>
     /// <param name="slat">The un-normalised structured latent (<see cref="SampleStructuredLatent"/>).</param>
     /// <param name="formats">What to decode.</param>
     /// <returns>One entry per sample of each requested format (the caller disposes the result).</returns>
     /// <exception cref="InvalidOperationException">A requested format whose decoder this pipeline lacks.</exception>
-    /// <exception cref="NotSupportedException"><see cref="TrellisFormats.Mesh"/> (not decoded yet).</exception>
     public TrellisDecoded Decode(SparseTensor slat, TrellisFormats formats = TrellisFormats.Gaussians)
     {
         ArgumentNullException.ThrowIfNull(slat);
-        if (formats.HasFlag(TrellisFormats.Mesh))
-            throw new NotSupportedException("decoding TrellisFormats.Mesh is not supported yet.");
         var gaussians = formats.HasFlag(TrellisFormats.Gaussians) ? DecodeGaussians(slat) : null;
-        return new TrellisDecoded(gaussians);
+        IReadOnlyList<Mesh>? meshes = null;
+        try
+        {
+            meshes = formats.HasFlag(TrellisFormats.Mesh) ? DecodeMeshes(slat) : null;
+        }
+        catch
+        {
+            if (gaussians is not null) foreach (var g in gaussians) g.Dispose();
+            throw;
+        }
+        return new TrellisDecoded(gaussians, meshes);
+    }
+
+    /// <summary>
+    /// Decodes a structured latent into one mesh per sample with <see cref="MeshDecoder"/> and FlexiCubes, as TRELLIS's
+    /// <c>decode_slat</c> with <c>formats=['mesh']</c> (inference mode): vertices in the <c>[-0.5, 0.5]³</c> box (z up),
+    /// the decoder's colours (the first 3 of its 6 vertex channels) when it has them, and area-weighted vertex normals.
+    /// A sample without surface gives an empty mesh.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The pipeline has no mesh decoder.</exception>
+    public IReadOnlyList<Mesh> DecodeMeshes(SparseTensor slat)
+    {
+        ArgumentNullException.ThrowIfNull(slat);
+        if (MeshDecoder is null) throw new InvalidOperationException("this pipeline has no mesh decoder (pipeline.json models.slat_decoder_mesh).");
+        using var noGrad = torch.no_grad();
+        var meshes = new List<Mesh>();
+        try
+        {
+            IReadOnlyList<FlexiCubesInputs> inputs;
+            using (var scope = torch.NewDisposeScope())
+            {
+                var feats = slat.Feats.to(ModuleInfo.DTypeOf(MeshDecoder), ModuleInfo.DeviceOf(MeshDecoder));
+                inputs = MeshDecoder.Forward(slat.ReplaceFeats(feats));
+            }
+            try
+            {
+                foreach (var input in inputs)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    using var extracted = FlexiCubes.Extract(input);
+                    meshes.Add(extracted.ToMesh());
+                }
+            }
+            finally
+            {
+                foreach (var input in inputs) input.Dispose();
+            }
+        }
+        catch
+        {
+            foreach (var m in meshes) m.Dispose();
+            throw;
+        }
+        return meshes;
     }
 
     /// <summary>Decodes a structured latent into one Gaussian set per sample with <see cref="GaussianDecoder"/>.</summary>
@@ -391,11 +452,13 @@ public sealed class TrellisPipeline
     {
         var perSample = new Tensor?[counts.Length];
         var gaussians = new Gaussians?[counts.Length];
+        var meshes = new Mesh?[counts.Length];
         for (int k = 0; k < nonEmpty.Length; k++)
         {
             var (start, len) = slat!.RowRanges[k];
             perSample[nonEmpty[k]] = slat.Feats.narrow(0, start, len).clone().DetachFromDisposeScope();
             gaussians[nonEmpty[k]] = decoded?.Gaussians?[k];
+            meshes[nonEmpty[k]] = decoded?.Meshes?[k];
         }
         var samples = new List<TrellisSample>();
         long offset = 0;
@@ -403,7 +466,7 @@ public sealed class TrellisPipeline
         {
             var c = coords.narrow(0, offset, counts[i])[.., 1..].clone().DetachFromDisposeScope();
             offset += counts[i];
-            samples.Add(new TrellisSample(i, c, perSample[i], gaussians[i]));
+            samples.Add(new TrellisSample(i, c, perSample[i], gaussians[i], meshes[i]));
         }
         return new TrellisOutput(z.DetachFromDisposeScope(), coords.DetachFromDisposeScope(), samples, times, ssEvals, slatEvals);
     }

@@ -241,7 +241,7 @@ public class TrellisPipelineTests
         using var none = torch.zeros(new long[] { 0, 4 }, dtype: ScalarType.Int32);
         Assert.Throws<ArgumentException>(() => p.SampleStructuredLatent(condition, none));
         var slat = p.SampleStructuredLatent(condition, coords, new TrellisStageOptions { Sampler = OneStep }).Result;
-        Assert.Throws<NotSupportedException>(() => p.Decode(slat, TrellisFormats.Mesh));
+        Assert.Throws<InvalidOperationException>(() => p.Decode(slat, TrellisFormats.Mesh));   // no mesh decoder
         using var nothing = p.Decode(slat, TrellisFormats.None);
         Assert.Null(nothing.Gaussians);
         var noDecoder = new TrellisPipeline(p.StructureFlow, p.StructureDecoder, p.LatentFlow);
