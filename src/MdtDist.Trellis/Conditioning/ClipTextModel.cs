@@ -1,3 +1,5 @@
+using System.Globalization;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using MdtDist.Core.IO;
@@ -71,14 +73,14 @@ public sealed record ClipTextConfig(
         long L(string key, long dflt)
         {
             if (!obj.TryGetPropertyValue(key, out var n)) return dflt;
-            if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<long>(out var x)) return x;
+            if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number && long.TryParse(v.ToJsonString(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var x)) return x;
             errors.Add($"'{key}' must be an integer, found {n?.ToJsonString() ?? "null"}");
             return dflt;
         }
         double D(string key, double dflt)
         {
             if (!obj.TryGetPropertyValue(key, out var n)) return dflt;
-            if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue<double>(out var x)) return x;
+            if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number && double.TryParse(v.ToJsonString(), NumberStyles.Float, CultureInfo.InvariantCulture, out var x)) return x;
             errors.Add($"'{key}' must be a number, found {n?.ToJsonString() ?? "null"}");
             return dflt;
         }
@@ -251,7 +253,7 @@ public sealed class ClipTextModel : nn.Module<Tensor, Tensor>
         var sd = state_dict().ToDictionary(kv => kv.Key, kv => kv.Value);
         SafeTensors.Save(Path.Combine(folder, "model.safetensors"), sd);
         var json = Config.ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true });
-        AtomicFile.Write(Path.Combine(folder, "config.json"), s => { using var w = new StreamWriter(s); w.Write(json); });
+        AtomicFile.Write(Path.Combine(folder, "config.json"), s => { using var w = new StreamWriter(s, new UTF8Encoding(false), leaveOpen: true); w.Write(json); });
     }
 }
 
