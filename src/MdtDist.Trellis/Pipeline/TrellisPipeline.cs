@@ -186,7 +186,7 @@ public sealed class TrellisPipeline
         options ??= new TrellisRunOptions();
         int b = options.NumSamples;
         if (b < 1) throw new ArgumentException($"NumSamples must be >= 1, got {b}.", nameof(options));
-        CheckCondition(condition, b, nameof(condition));
+        CheckCondition(condition, b, nameof(condition), options.MultiImage);
         var ct = options.CancellationToken;
         var times = new TimeSpan[4];
         using var noGrad = torch.no_grad();
@@ -215,7 +215,7 @@ public sealed class TrellisPipeline
         if (nonEmpty.Length > 0)
         {
             ct.ThrowIfCancellationRequested();
-            var latent = SampleStructuredLatent(condition.Select(nonEmpty), compact, Stage(options, options.LatentSampler,
+            var latent = SampleStructuredLatent(options.MultiImage is null ? condition.Select(nonEmpty) : condition, compact, Stage(options, options.LatentSampler,
                 options.LatentNoise ?? DrawNoise(new[] { compact.shape[0], (long)LatentFlow.Config.InChannels }, gen)));
             slat = latent.Result;
             slatEvals = latent.Evaluations;
@@ -257,15 +257,15 @@ public sealed class TrellisPipeline
     {
         ArgumentNullException.ThrowIfNull(condition);
         if (numSamples < 1) throw new ArgumentException($"numSamples must be >= 1, got {numSamples}.", nameof(numSamples));
-        CheckCondition(condition, numSamples, nameof(condition));
         options ??= new TrellisStageOptions();
+        CheckCondition(condition, numSamples, nameof(condition), options.MultiImage);
         var sampler = options.Sampler ?? StructureSampler;
         var sw = Stopwatch.StartNew();
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var model = new TrellisFlowModel(StructureFlow);
         var noise = StageNoise(options, model.LatentShape(numSamples), StructureFlow.DType, StructureFlow.Device, "stage-1");
-        using var result = sampler.CreateSolver().Sample(sampler.Guide(model, condition.NegCond), Latent.Dense(noise), condition.Cond, sampler.Grid(),
+        using var result = sampler.CreateSolver().Sample(Guided(sampler, model, condition, options.MultiImage), Latent.Dense(noise), condition.Cond, sampler.Grid(),
             new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.SparseStructure), CancellationToken = options.CancellationToken });
         return new TrellisStageResult<Tensor>(result.Samples, result.Evaluations, sw.Elapsed);
     }
@@ -307,10 +307,10 @@ public sealed class TrellisPipeline
         using var scope = torch.NewDisposeScope();
         var device = ModuleInfo.DeviceOf(LatentFlow);
         var sites = new SparseCoordinates(coords.to(ScalarType.Int32, device), LatentFlow.Config.Resolution);
-        CheckCondition(condition, sites.BatchSize, nameof(condition));
+        CheckCondition(condition, sites.BatchSize, nameof(condition), options.MultiImage);
         var noise = StageNoise(options, new[] { sites.Count, (long)LatentFlow.Config.InChannels }, ModuleInfo.DTypeOf(LatentFlow), device, "stage-2");
         var x = new SparseTensor(noise, sites);
-        using var result = sampler.CreateSolver().Sample(sampler.Guide(new SLatFlowAdapter(LatentFlow), condition.NegCond), x.ToLatent(), condition.Cond, sampler.Grid(),
+        using var result = sampler.CreateSolver().Sample(Guided(sampler, new SLatFlowAdapter(LatentFlow), condition, options.MultiImage), x.ToLatent(), condition.Cond, sampler.Grid(),
             new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.StructuredLatent), CancellationToken = options.CancellationToken });
         using var normalized = result.Samples;
         var feats = Normalization.Denormalize(normalized);
@@ -349,15 +349,19 @@ public sealed class TrellisPipeline
 
     // ------------------------------------------------------------------------------------------------------------
 
-    private void CheckCondition(TrellisCondition condition, long batch, string name)
+    private static IFlowModel Guided(StageSampler sampler, IFlowModel model, TrellisCondition condition, MultiImageMode? multiImage) =>
+        multiImage is { } mode ? new MultiImageGuidance(model, sampler, mode, condition.NegCond) : sampler.Guide(model, condition.NegCond);
+
+    private void CheckCondition(TrellisCondition condition, long batch, string name, MultiImageMode? multiImage = null)
     {
+        if (multiImage is not null && condition.Channels == ConditionChannels) return;   // rows are views, any count
         if (condition.Channels != ConditionChannels || (condition.BatchSize != 1 && condition.BatchSize != batch))
             throw new ArgumentException($"condition must be [1 or {batch}, L, {ConditionChannels}], found [{string.Join(", ", condition.Cond.shape)}].", name);
     }
 
     private static TrellisStageOptions Stage(TrellisRunOptions run, StageSampler? sampler, Tensor noise) => new()
     {
-        Sampler = sampler, Noise = noise, Progress = run.Progress, CancellationToken = run.CancellationToken,
+        Sampler = sampler, Noise = noise, Progress = run.Progress, CancellationToken = run.CancellationToken, MultiImage = run.MultiImage,
     };
 
     private static Tensor DrawNoise(long[] shape, Generator gen) => torch.randn(shape, dtype: ScalarType.Float32, generator: gen);

@@ -54,6 +54,10 @@ public sealed class TrellisStageOptions
 
     /// <summary>Checked between steps.</summary>
     public CancellationToken CancellationToken { get; init; }
+
+    /// <summary>When set, the condition's rows are N views of one object (not one row per sample) combined with
+    /// TRELLIS's multi-image mode (<see cref="MultiImageGuidance"/>); every sample sees all views.</summary>
+    public MultiImageMode? MultiImage { get; init; }
 }
 
 /// <summary>Options of one <see cref="TrellisPipeline.Run(TrellisCondition, TrellisRunOptions?)"/>.</summary>
@@ -88,4 +92,8 @@ public sealed class TrellisRunOptions
 
     /// <summary>Checked between steps and stages.</summary>
     public CancellationToken CancellationToken { get; init; }
+
+    /// <summary>When set, the condition's rows are N views of one object (TRELLIS's <c>run_multi_image</c>), combined in
+    /// both stages with this mode; every sample sees all views.</summary>
+    public MultiImageMode? MultiImage { get; init; }
 }
