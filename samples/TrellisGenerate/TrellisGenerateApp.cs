@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
-using MdtDist.Core.IO;
 using MdtDist.Trellis.Checkpoints;
+using MdtDist.Trellis.Conditioning;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Pipeline;
 using MdtDist.Trellis.Representations;
@@ -27,8 +27,12 @@ public static class TrellisGenerateApp
           huggingface-cli download JeffreyXiang/TRELLIS-image-large --local-dir TRELLIS-image-large
 
         options:
-          --cond FILE          condition tokens [1 or B, L, 1024] in a .safetensors file (TRELLIS's layer-normed DINOv2
-                               features; the first tensor is used); without it the condition is all zeros
+          --image FILE         the picture to lift to 3D (PNG/JPEG/...; RGBA with a transparent background, or any picture
+                               with --matting); repeat it for several views of one object
+          --multi-image MODE   how several --image views combine: stochastic (default) or multidiffusion
+          --dinov2 FILE        DINOv2 weights (dinov2_vitl14_reg4_pretrain.pth or .safetensors); default: $MDTDIST_DINOV2,
+                               then ~/.cache/torch/hub/checkpoints/, then MODEL_DIR/dinov2_vitl14_reg4_pretrain.pth
+          --matting FILE       an ONNX background-removal model (e.g. rembg's u2net.onnx) for pictures without transparency
           --ss-student STEM    an MDT-dist stage-1 student checkpoint (ckpts/NAME without extension)
           --slat-student STEM  an MDT-dist stage-2 student checkpoint
           --ss-steps N         stage-1 steps (default: pipeline.json, or 1 with --ss-student)
@@ -44,6 +48,7 @@ public static class TrellisGenerateApp
     public static int Run(string[] args, TextWriter log)
     {
         var o = new Dictionary<string, string>();
+        var images = new List<string>();
         string? modelDir = null;
         bool tiny = false;
         for (int i = 0; i < args.Length; i++)
@@ -53,18 +58,20 @@ public static class TrellisGenerateApp
             if (args[i].StartsWith("--", StringComparison.Ordinal))
             {
                 if (i + 1 >= args.Length) { log.WriteLine($"error: {args[i]} needs a value.\n\n{Usage}"); return 2; }
-                o[args[i][2..]] = args[++i];
+                if (args[i] == "--image") images.Add(args[++i]);
+                else o[args[i][2..]] = args[++i];
                 continue;
             }
             modelDir = args[i];
         }
         if (modelDir is null && !tiny) { log.WriteLine(Usage); return 1; }
+        if (images.Count == 0) { log.WriteLine($"error: pass the picture to lift with --image FILE.\n\n{Usage}"); return 2; }
         try
         {
-            var files = Generate(modelDir, tiny, o, log);
+            var files = Generate(modelDir, tiny, images, o, log);
             return files.Count > 0 ? 0 : 4;
         }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or StateDictMismatchException or ArgumentException or FormatException or KeyNotFoundException)
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or StateDictMismatchException or ArgumentException or FormatException or KeyNotFoundException or NotSupportedException)
         {
             log.WriteLine($"error: {e.Message}");
             return 3;
@@ -74,8 +81,8 @@ public static class TrellisGenerateApp
     private static int Int(Dictionary<string, string> o, string key, int fallback) =>
         o.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
 
-    /// <summary>Runs the pipeline and writes the .ply files; returns their paths.</summary>
-    public static IReadOnlyList<string> Generate(string? modelDir, bool tiny, Dictionary<string, string> o, TextWriter log)
+    /// <summary>Encodes the pictures, runs the pipeline and writes the .ply files; returns their paths.</summary>
+    public static IReadOnlyList<string> Generate(string? modelDir, bool tiny, IReadOnlyList<string> images, Dictionary<string, string> o, TextWriter log)
     {
         var device = o.TryGetValue("device", out var d) ? torch.device(d) : CPU;
         var pipeline = tiny ? TinyPipeline(device) : TrellisPipeline.FromFolder(modelDir!, ScalarType.Float32, device);
@@ -100,14 +107,26 @@ public static class TrellisGenerateApp
             slatSampler = slatSampler with { CfgStrength = w };
         }
         int samples = Int(o, "samples", 1);
-        Tensor cond;
-        if (o.TryGetValue("cond", out var condFile))
+        MultiImageMode? multi = null;
+        if (images.Count > 1)
         {
-            var tensors = SafeTensors.Load(condFile, ScalarType.Float32, device);
-            cond = tensors.Count > 0 ? tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).First().Value
-                                     : throw new InvalidDataException($"'{condFile}' holds no tensor.");
+            multi = o.GetValueOrDefault("multi-image", "stochastic") switch
+            {
+                "stochastic" => MultiImageMode.Stochastic,
+                "multidiffusion" => MultiImageMode.MultiDiffusion,
+                var m => throw new ArgumentException($"--multi-image must be stochastic or multidiffusion, got '{m}'."),
+            };
         }
-        else cond = torch.zeros(new long[] { 1, tiny ? 6 : 1374, pipeline.ConditionChannels }, device: device);
+        using var matting = o.TryGetValue("matting", out var mattingFile) ? new OnnxMatting(mattingFile) : null;
+        var preprocess = new ImagePreprocessOptions { Matting = matting };
+        using var encoder = tiny
+            ? new ImageConditionEncoder(TinyDinov2(pipeline.ConditionChannels, device), new ImagePreprocessor(preprocess))
+            : ImageConditionEncoder.FromModelFolder(modelDir!, o.GetValueOrDefault("dinov2"), ScalarType.Float32, device, preprocess);
+        var watchCond = Stopwatch.StartNew();
+        var condition = encoder.Encode(images);
+        using var owned = new Owned(condition.Cond, condition.NegCond);
+        log.WriteLine($"condition: {images.Count} image(s) -> tokens [{string.Join(", ", condition.Cond.shape)}] in {watchCond.Elapsed.TotalSeconds:F2} s" +
+                      (multi is { } mm ? $"; multi-image mode {mm}" : ""));
 
         log.WriteLine($"stage 1: {ssSampler.Steps} steps, cfg {ssSampler.CfgStrength} ({ssSampler.Evaluations()} evaluations); " +
                       $"stage 2: {slatSampler.Steps} steps, cfg {slatSampler.CfgStrength} ({slatSampler.Evaluations()} evaluations)");
@@ -119,10 +138,10 @@ public static class TrellisGenerateApp
             if (live) log.Write($"\r  {p.Stage}: step {p.Step}/{p.TotalSteps}   ");
             if (p.Step == p.TotalSteps) log.WriteLine(live ? "" : $"  {p.Stage}: {p.TotalSteps} steps");
         });
-        using var result = pipeline.Run(cond, new TrellisRunOptions
+        using var result = pipeline.Run(condition, new TrellisRunOptions
         {
             Seed = long.Parse(o.GetValueOrDefault("seed", "1"), CultureInfo.InvariantCulture), NumSamples = samples,
-            StructureSampler = ssSampler, LatentSampler = slatSampler, Progress = progress,
+            StructureSampler = ssSampler, LatentSampler = slatSampler, Progress = progress, MultiImage = multi,
         });
         log.WriteLine($"done in {watch.Elapsed.TotalSeconds:F2} s (stage 1 {result.StructureTime.TotalSeconds:F2} s, structure decoder " +
                       $"{result.DecodeStructureTime.TotalSeconds:F2} s, stage 2 {result.LatentTime.TotalSeconds:F2} s, Gaussian decoder {result.DecodeTime.TotalSeconds:F2} s)");
@@ -165,6 +184,29 @@ public static class TrellisGenerateApp
             (SLatFlowModel)Build("SLatFlowModel", """{"resolution": 16, "in_channels": 8, "out_channels": 8, "model_channels": 32, "cond_channels": 16, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""", 3),
             (SLatGaussianDecoder)Build("SLatGaussianDecoder", """{"resolution": 16, "model_channels": 32, "latent_channels": 8, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4, "pe_mode": "ape", "qk_rms_norm": false, "representation_config": {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1}, "perturb_offset": true, "voxel_size": 1.5, "num_gaussians": 8, "2d_filter_kernel_size": 0.1, "3d_filter_kernel_size": 0.0009, "scaling_bias": 0.004, "opacity_bias": 0.1, "scaling_activation": "softplus"}}""", 4),
             structureSampler: StageSampler.TrellisImageLarge with { Steps = 12 }, latentSampler: StageSampler.TrellisImageLarge with { Steps = 12 });
+    }
+
+    /// <summary>A tiny random DINOv2 with registers (width = the tiny flows' condition width) for the smoke test.</summary>
+    private static Dinov2Model TinyDinov2(long width, Device device)
+    {
+        var model = new Dinov2Model(new Dinov2Config(width, 1, 2, ImageSize: 28), ScalarType.Float32, device);
+        var g = new Generator(5);
+        using var noGrad = torch.no_grad();
+        foreach (var (pname, p) in model.named_parameters())
+        {
+            using var r = torch.randn(p.shape, generator: g);
+            using var v = p.dim() >= 2 ? r / Math.Sqrt(p.numel() / (double)p.shape[0]) : pname.EndsWith("bias") ? r * 0.05 : 1 + 0.1 * r;
+            p.copy_(v.to(p.device));
+        }
+        return model;
+    }
+
+    private sealed class Owned(params Tensor[] tensors) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var t in tensors) t.Dispose();
+        }
     }
 
     private sealed class Inline(Action<TrellisProgress> a) : IProgress<TrellisProgress>

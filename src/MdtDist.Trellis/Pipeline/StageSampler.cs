@@ -1,6 +1,7 @@
 using System.Text.Json;
 using MdtDist.Core.Flow;
 using MdtDist.Core.Sampling;
+using static TorchSharp.torch;
 
 namespace MdtDist.Trellis.Pipeline;
 
@@ -67,8 +68,10 @@ public sealed record StageSampler
     }
 
     /// <summary>Wraps <paramref name="model"/> with this stage's guidance (or returns it when the strength is 0).</summary>
-    public IFlowModel Guide(IFlowModel model) =>
-        CfgStrength == 0 ? model : new ClassifierFreeGuidance(model, CfgStrength, null, CfgIntervalStart, CfgIntervalEnd);
+    /// <param name="model">The conditional model.</param>
+    /// <param name="negativeCondition">The unconditional tokens; null means <c>zeros_like(condition)</c>.</param>
+    public IFlowModel Guide(IFlowModel model, Tensor? negativeCondition = null) =>
+        CfgStrength == 0 ? model : new ClassifierFreeGuidance(model, CfgStrength, negativeCondition, CfgIntervalStart, CfgIntervalEnd);
 
     /// <summary>Network evaluations one sample costs with this schedule (guided evaluations count 2).</summary>
     public int Evaluations()

@@ -3,6 +3,7 @@ using System.Text.Json;
 using MdtDist.Core.Flow;
 using MdtDist.Core.Sampling;
 using MdtDist.Trellis.Checkpoints;
+using MdtDist.Trellis.Conditioning;
 using MdtDist.Trellis.Flow;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Representations;
@@ -13,151 +14,6 @@ using TorchSharp;
 using static TorchSharp.torch;
 
 namespace MdtDist.Trellis.Pipeline;
-
-/// <summary>The stages of a TRELLIS run, for progress reports.</summary>
-public enum TrellisStage
-{
-    /// <summary>Stage 1: the sparse-structure flow (dense 16³ latent).</summary>
-    SparseStructure,
-    /// <summary>Decoding the structure latent to occupied voxels.</summary>
-    StructureDecoding,
-    /// <summary>Stage 2: the structured-latent flow on the occupied voxels.</summary>
-    StructuredLatent,
-    /// <summary>Decoding the structured latent (Gaussians).</summary>
-    Decoding,
-}
-
-/// <summary>A progress report of <see cref="TrellisPipeline.Run"/>.</summary>
-/// <param name="Stage">The stage.</param>
-/// <param name="Step">Steps of that stage completed.</param>
-/// <param name="TotalSteps">Steps of that stage.</param>
-public sealed record TrellisProgress(TrellisStage Stage, int Step, int TotalSteps);
-
-/// <summary>The per-channel normalisation of the structured latent (<c>slat_normalization</c> in <c>pipeline.json</c>).</summary>
-/// <param name="Mean">Per-channel mean.</param>
-/// <param name="Std">Per-channel standard deviation.</param>
-public sealed record SLatNormalization(IReadOnlyList<double> Mean, IReadOnlyList<double> Std)
-{
-    /// <summary>TRELLIS-image-large's values.</summary>
-    public static SLatNormalization TrellisImageLarge { get; } = new(
-        new[] { -2.1687545776367188, -0.004347046371549368, -0.13352349400520325, -0.08418072760105133, -0.5271206498146057, 0.7238689064979553, -1.1414450407028198, 1.2039363384246826 },
-        new[] { 2.377650737762451, 2.386378288269043, 2.124418020248413, 2.1748552322387695, 2.663944721221924, 2.371192216873169, 2.6217446327209473, 2.684523105621338 });
-
-    /// <summary>The identity normalisation for <paramref name="channels"/> channels.</summary>
-    public static SLatNormalization Identity(int channels) => new(new double[channels], Enumerable.Repeat(1.0, channels).ToArray());
-
-    /// <summary>Un-normalises feats <c>[N, C]</c>: feats·std + mean.</summary>
-    /// <exception cref="ArgumentException">Channel count differs.</exception>
-    public Tensor Denormalize(Tensor feats)
-    {
-        if (feats.dim() != 2 || feats.shape[1] != Mean.Count || Std.Count != Mean.Count)
-            throw new ArgumentException($"slat_normalization has {Mean.Count} channels, the latent feats have shape [{string.Join(", ", feats.shape)}].", nameof(feats));
-        using var scope = torch.NewDisposeScope();
-        var m = torch.tensor(Mean.ToArray(), dtype: feats.dtype, device: feats.device);
-        var s = torch.tensor(Std.ToArray(), dtype: feats.dtype, device: feats.device);
-        return (feats * s + m).MoveToOuterDisposeScope();
-    }
-}
-
-/// <summary>Options of one <see cref="TrellisPipeline.Run"/>.</summary>
-public sealed class TrellisRunOptions
-{
-    /// <summary>Seed of the noise of both stages (drawn on the CPU, so a seed gives the same noise on any device).</summary>
-    public long Seed { get; init; } = 42;
-
-    /// <summary>Number of samples (a batch-1 condition is repeated; TRELLIS itself fails beyond 1).</summary>
-    public int NumSamples { get; init; } = 1;
-
-    /// <summary>Overrides the pipeline's stage-1 sampler for this run.</summary>
-    public StageSampler? StructureSampler { get; init; }
-
-    /// <summary>Overrides the pipeline's stage-2 sampler for this run.</summary>
-    public StageSampler? LatentSampler { get; init; }
-
-    /// <summary>Decode Gaussians when the pipeline has a Gaussian decoder (default true).</summary>
-    public bool DecodeGaussians { get; init; } = true;
-
-    /// <summary>Per-stage progress.</summary>
-    public IProgress<TrellisProgress>? Progress { get; init; }
-
-    /// <summary>Checked between steps and stages.</summary>
-    public CancellationToken CancellationToken { get; init; }
-}
-
-/// <summary>One generated sample.</summary>
-public sealed class TrellisSample
-{
-    internal TrellisSample(int index, Tensor coords, Tensor? latent, Gaussians? gaussians)
-    {
-        Index = index; Coords = coords; Latent = latent; Gaussians = gaussians;
-    }
-
-    /// <summary>Index of the sample in the batch.</summary>
-    public int Index { get; }
-
-    /// <summary>True when stage 1 found no occupied voxel: there is no latent and no Gaussians.</summary>
-    public bool IsEmpty => Coords.shape[0] == 0;
-
-    /// <summary>Occupied voxels of the 64³ grid, <c>[n, 3]</c> int32 (x, y, z) in TRELLIS's row order.</summary>
-    public Tensor Coords { get; }
-
-    /// <summary>The un-normalised structured latent feats <c>[n, 8]</c> (null when empty).</summary>
-    public Tensor? Latent { get; }
-
-    /// <summary>The decoded Gaussians (null when empty or not decoded).</summary>
-    public Gaussians? Gaussians { get; }
-}
-
-/// <summary>The result of a <see cref="TrellisPipeline.Run"/>. Dispose it to free its tensors.</summary>
-public sealed class TrellisOutput : IDisposable
-{
-    internal TrellisOutput(Tensor structureLatent, Tensor coords, IReadOnlyList<TrellisSample> samples, TimeSpan[] times, int ssEvals, int slatEvals)
-    {
-        StructureLatent = structureLatent; Coords = coords; Samples = samples;
-        StructureTime = times[0]; DecodeStructureTime = times[1]; LatentTime = times[2]; DecodeTime = times[3];
-        StructureEvaluations = ssEvals; LatentEvaluations = slatEvals;
-    }
-
-    /// <summary>The stage-1 latent <c>[B, 8, 16, 16, 16]</c>.</summary>
-    public Tensor StructureLatent { get; }
-
-    /// <summary>All occupied voxels, <c>[N, 4]</c> int32 (sample, x, y, z), as TRELLIS's pipeline makes them.</summary>
-    public Tensor Coords { get; }
-
-    /// <summary>The samples, in batch order.</summary>
-    public IReadOnlyList<TrellisSample> Samples { get; }
-
-    /// <summary>Wall time of the stage-1 flow.</summary>
-    public TimeSpan StructureTime { get; }
-
-    /// <summary>Wall time of the structure decoder.</summary>
-    public TimeSpan DecodeStructureTime { get; }
-
-    /// <summary>Wall time of the stage-2 flow.</summary>
-    public TimeSpan LatentTime { get; }
-
-    /// <summary>Wall time of the Gaussian decoder.</summary>
-    public TimeSpan DecodeTime { get; }
-
-    /// <summary>Stage-1 network evaluations (batched over samples).</summary>
-    public int StructureEvaluations { get; }
-
-    /// <summary>Stage-2 network evaluations (batched over samples).</summary>
-    public int LatentEvaluations { get; }
-
-    /// <inheritdoc />
-    public void Dispose()
-    {
-        StructureLatent.Dispose();
-        Coords.Dispose();
-        foreach (var s in Samples)
-        {
-            s.Coords.Dispose();
-            s.Latent?.Dispose();
-            s.Gaussians?.Dispose();
-        }
-    }
-}
 
 /// <summary>
 /// TRELLIS's two-stage image-to-3D pipeline: condition tokens → stage-1 flow (sparse structure) → structure decoder →
@@ -287,106 +143,279 @@ public sealed class TrellisPipeline
         throw new FileNotFoundException($"checkpoint '{rel}' not found: '{local}.json' does not exist.", local + ".json");
     }
 
-    private sealed class StageProgress(IProgress<TrellisProgress>? target, TrellisStage stage) : IProgress<SamplerProgress>
-    {
-        public void Report(SamplerProgress value) => target?.Report(new TrellisProgress(stage, value.Step, value.TotalSteps));
-    }
+    // ------------------------------------------------------------------------------------------------------------
+    // The run, as a list of stage calls (TRELLIS's TrellisImageTo3DPipeline.run).
+    // ------------------------------------------------------------------------------------------------------------
 
-    /// <summary>Runs both stages and the decoder.</summary>
-    /// <param name="condition">Condition tokens <c>[1 or NumSamples, L, C]</c>; the negative condition is zeros, as TRELLIS's image pipeline.</param>
-    /// <param name="options">Seed, batch size, per-run sampler overrides, progress, cancellation.</param>
-    /// <exception cref="ArgumentException">A condition of the wrong shape or width, or NumSamples &lt; 1.</exception>
+    /// <summary>Runs both stages and the decoders on condition tokens with TRELLIS's image convention (negative = zeros).</summary>
+    /// <param name="condition">Condition tokens <c>[1 or NumSamples, L, C]</c>.</param>
+    /// <param name="options">Seed or given noises, batch size, per-run sampler overrides, formats, progress, cancellation.</param>
+    /// <exception cref="ArgumentException">A condition of the wrong shape or width, NumSamples &lt; 1, or given noise of the wrong shape.</exception>
     /// <exception cref="OperationCanceledException">Cancelled.</exception>
     public TrellisOutput Run(Tensor condition, TrellisRunOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(condition);
+        if (condition.dim() != 3)
+            throw new ArgumentException($"condition must be [1 or B, L, {ConditionChannels}], found [{string.Join(", ", condition.shape)}].", nameof(condition));
+        using var scope = torch.NewDisposeScope();
+        return Run(TrellisCondition.FromImageFeatures(condition), options);
+    }
+
+    /// <summary>Encodes <paramref name="input"/> with <paramref name="conditioner"/> (the "encode condition" stage), then runs
+    /// <see cref="Run(TrellisCondition, TrellisRunOptions?)"/>.</summary>
+    /// <exception cref="ArgumentException">See <see cref="Run(TrellisCondition, TrellisRunOptions?)"/>.</exception>
+    public TrellisOutput Run<TInput>(ITrellisConditioner<TInput> conditioner, TInput input, TrellisRunOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(conditioner);
+        using var scope = torch.NewDisposeScope();
+        return Run(conditioner.Encode(input), options);
+    }
+
+    /// <summary>
+    /// Runs the stages in TRELLIS's order: <see cref="SampleSparseStructure"/> → <see cref="DecodeOccupancy"/> →
+    /// <see cref="SampleStructuredLatent"/> (on the samples that have voxels) → <see cref="Decode"/>. With a seed, one
+    /// generator draws the stage-1 noise, then the stage-2 noise.
+    /// </summary>
+    /// <param name="condition">Condition <c>[1 or NumSamples, L, C]</c> and negative tokens.</param>
+    /// <param name="options">Seed or given noises, batch size, per-run sampler overrides, formats, progress, cancellation.</param>
+    /// <exception cref="ArgumentException">A condition of the wrong shape or width, NumSamples &lt; 1, or given noise of the wrong shape.</exception>
+    /// <exception cref="OperationCanceledException">Cancelled.</exception>
+    public TrellisOutput Run(TrellisCondition condition, TrellisRunOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(condition);
         options ??= new TrellisRunOptions();
         int b = options.NumSamples;
         if (b < 1) throw new ArgumentException($"NumSamples must be >= 1, got {b}.", nameof(options));
-        if (condition.dim() != 3 || (condition.shape[0] != 1 && condition.shape[0] != b) || condition.shape[2] != ConditionChannels)
-            throw new ArgumentException($"condition must be [1 or {b}, L, {ConditionChannels}], found [{string.Join(", ", condition.shape)}].", nameof(condition));
+        CheckCondition(condition, b, nameof(condition), options.MultiImage);
         var ct = options.CancellationToken;
-        var ssSampler = options.StructureSampler ?? StructureSampler;
-        var slatSampler = options.LatentSampler ?? LatentSampler;
         var times = new TimeSpan[4];
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
-        var device = StructureFlow.Device;
         var gen = new Generator((ulong)options.Seed);
-        var cond = condition.shape[0] == b ? condition : condition.expand(b, -1, -1);
 
-        // Stage 1: the sparse structure.
-        var sw = Stopwatch.StartNew();
-        var ssModel = new TrellisFlowModel(StructureFlow);
-        var ssNoise = torch.randn(ssModel.LatentShape(b), dtype: ScalarType.Float32, generator: gen).to(StructureFlow.DType, device);
-        using var ssResult = ssSampler.CreateSolver().Sample(ssSampler.Guide(ssModel), Latent.Dense(ssNoise), cond, ssSampler.Grid(),
-            new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.SparseStructure), CancellationToken = ct });
-        var z = ssResult.Samples;
-        times[0] = sw.Elapsed;
+        var structure = SampleSparseStructure(condition, b, Stage(options, options.StructureSampler,
+            options.StructureNoise ?? DrawNoise(StructureNoiseShape(b), gen)));
+        var z = structure.Result;
+        times[0] = structure.Elapsed;
         ct.ThrowIfCancellationRequested();
 
-        sw.Restart();
-        var coords = StructureDecoder.DecodeOccupancy(z.to(StructureDecoder.DType)).to(ScalarType.Int32);
+        var sw = Stopwatch.StartNew();
+        var coords = DecodeOccupancy(z);
         times[1] = sw.Elapsed;
         options.Progress?.Report(new TrellisProgress(TrellisStage.StructureDecoding, 1, 1));
-        var batchCol = coords[.., 0].to(ScalarType.Int64).cpu();
-        var counts = torch.bincount(batchCol, minlength: b).data<long>().ToArray();
-        var nonEmpty = Enumerable.Range(0, b).Where(i => counts[i] > 0).ToArray();
-        _logger.LogInformation("TRELLIS stage 1: {Steps} steps, {Evals} evaluations, {Ms:F0} ms; voxels per sample: {Counts}",
-            ssResult.TimeGrid.Count - 1, ssResult.Evaluations, times[0].TotalMilliseconds, string.Join(", ", counts));
+        var (compact, nonEmpty, counts) = NonEmptySamples(coords, b);
+        _logger.LogInformation("TRELLIS stage 1: {Evals} evaluations, {Ms:F0} ms; voxels per sample: {Counts}",
+            structure.Evaluations, times[0].TotalMilliseconds, string.Join(", ", counts));
         foreach (var i in Enumerable.Range(0, b).Where(i => counts[i] == 0))
             _logger.LogWarning("TRELLIS sample {Index}: the sparse structure has no occupied voxel; it is returned empty.", i);
 
-        // Stage 2: the structured latent on the occupied voxels of the non-empty samples.
-        var perSample = new Tensor?[b];
-        var gaussians = new Gaussians?[b];
+        SparseTensor? slat = null;
+        TrellisDecoded? decoded = null;
         int slatEvals = 0;
         if (nonEmpty.Length > 0)
         {
             ct.ThrowIfCancellationRequested();
-            sw.Restart();
-            var remap = torch.full(new long[] { b }, -1L, dtype: ScalarType.Int64);
-            for (int k = 0; k < nonEmpty.Length; k++) remap[nonEmpty[k]] = k;
-            var compact = coords.to(ScalarType.Int64).cpu().clone();
-            compact[.., 0] = remap.index_select(0, batchCol);
-            var slatDevice = ModuleInfo.DeviceOf(LatentFlow);
-            var st = new SparseTensor(
-                torch.randn(new[] { compact.shape[0], (long)LatentFlow.Config.InChannels }, dtype: ScalarType.Float32, generator: gen).to(ModuleInfo.DTypeOf(LatentFlow), slatDevice),
-                compact.to(ScalarType.Int32).to(slatDevice), LatentFlow.Config.Resolution, nonEmpty.Length);
-            var slatCond = cond.index_select(0, torch.tensor(nonEmpty.Select(i => (long)i).ToArray(), device: cond.device));
-            using var slatResult = slatSampler.CreateSolver().Sample(slatSampler.Guide(new SLatFlowAdapter(LatentFlow)), st.ToLatent(), slatCond, slatSampler.Grid(),
-                new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.StructuredLatent), CancellationToken = ct });
-            slatEvals = slatResult.Evaluations;
-            var feats = Normalization.Denormalize(slatResult.Samples);
-            times[2] = sw.Elapsed;
-            _logger.LogInformation("TRELLIS stage 2: {Steps} steps, {Evals} evaluations, {Ms:F0} ms on {N} voxels",
-                slatResult.TimeGrid.Count - 1, slatEvals, times[2].TotalMilliseconds, compact.shape[0]);
-            var slat = st.ReplaceFeats(feats);
-            for (int k = 0; k < nonEmpty.Length; k++)
-            {
-                var (start, len) = slat.RowRanges[k];
-                perSample[nonEmpty[k]] = feats.narrow(0, start, len).clone().DetachFromDisposeScope();
-            }
+            var latent = SampleStructuredLatent(options.MultiImage is null ? condition.Select(nonEmpty) : condition, compact, Stage(options, options.LatentSampler,
+                options.LatentNoise ?? DrawNoise(new[] { compact.shape[0], (long)LatentFlow.Config.InChannels }, gen)));
+            slat = latent.Result;
+            slatEvals = latent.Evaluations;
+            times[2] = latent.Elapsed;
+            _logger.LogInformation("TRELLIS stage 2: {Evals} evaluations, {Ms:F0} ms on {N} voxels", slatEvals, times[2].TotalMilliseconds, compact.shape[0]);
             ct.ThrowIfCancellationRequested();
-            if (options.DecodeGaussians && GaussianDecoder is not null)
+
+            var formats = options.Formats & AvailableFormats;
+            if (formats != TrellisFormats.None)
             {
                 sw.Restart();
-                var decoded = GaussianDecoder.Forward(slat.ReplaceFeats(feats.to(ModuleInfo.DTypeOf(GaussianDecoder))));
-                for (int k = 0; k < nonEmpty.Length; k++) gaussians[nonEmpty[k]] = decoded[k];
+                decoded = Decode(slat, formats);
                 times[3] = sw.Elapsed;
                 options.Progress?.Report(new TrellisProgress(TrellisStage.Decoding, 1, 1));
             }
         }
+        return Assemble(z, coords, counts, nonEmpty, slat, decoded, times, structure.Evaluations, slatEvals);
+    }
 
+    // ------------------------------------------------------------------------------------------------------------
+    // The stages, each usable alone.
+    // ------------------------------------------------------------------------------------------------------------
+
+    /// <summary>The shape of the stage-1 noise for <paramref name="numSamples"/> samples: <c>[B, C, R, R, R]</c>.</summary>
+    public long[] StructureNoiseShape(int numSamples) => new TrellisFlowModel(StructureFlow).LatentShape(numSamples);
+
+    /// <summary>
+    /// Stage 1 (TRELLIS's <c>sample_sparse_structure</c> up to the decoder): solves the sparse-structure flow from noise
+    /// <c>[B, C, R, R, R]</c> to the structure latent z, with this stage's sampler (guidance against
+    /// <see cref="TrellisCondition.NegCond"/>).
+    /// </summary>
+    /// <param name="condition">Condition <c>[1 or B, L, C]</c> and negative tokens.</param>
+    /// <param name="numSamples">B.</param>
+    /// <param name="options">Sampler override, seed or given noise, progress, cancellation.</param>
+    /// <returns>z <c>[B, C, R, R, R]</c> in the network's dtype and on its device (the caller disposes it).</returns>
+    /// <exception cref="ArgumentException">A condition of the wrong shape or width, B &lt; 1, or given noise of another shape.</exception>
+    /// <exception cref="OperationCanceledException">Cancelled.</exception>
+    public TrellisStageResult<Tensor> SampleSparseStructure(TrellisCondition condition, int numSamples = 1, TrellisStageOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(condition);
+        if (numSamples < 1) throw new ArgumentException($"numSamples must be >= 1, got {numSamples}.", nameof(numSamples));
+        options ??= new TrellisStageOptions();
+        CheckCondition(condition, numSamples, nameof(condition), options.MultiImage);
+        var sampler = options.Sampler ?? StructureSampler;
+        var sw = Stopwatch.StartNew();
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var model = new TrellisFlowModel(StructureFlow);
+        var noise = StageNoise(options, model.LatentShape(numSamples), StructureFlow.DType, StructureFlow.Device, "stage-1");
+        using var result = sampler.CreateSolver().Sample(Guided(sampler, model, condition, options.MultiImage), Latent.Dense(noise), condition.Cond, sampler.Grid(),
+            new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.SparseStructure), CancellationToken = options.CancellationToken });
+        return new TrellisStageResult<Tensor>(result.Samples, result.Evaluations, sw.Elapsed);
+    }
+
+    /// <summary>
+    /// Decodes a structure latent to its occupied voxels as TRELLIS does: <c>argwhere(decoder(z) &gt; 0)[:, [0, 2, 3, 4]]</c>.
+    /// </summary>
+    /// <param name="structureLatent">z <c>[B, C, R, R, R]</c>.</param>
+    /// <returns>int32 <c>[N, 4]</c> rows (sample, x, y, z) in row-major order (the caller disposes it).</returns>
+    public Tensor DecodeOccupancy(Tensor structureLatent)
+    {
+        ArgumentNullException.ThrowIfNull(structureLatent);
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        return StructureDecoder.DecodeOccupancy(structureLatent.to(StructureDecoder.DType)).to(ScalarType.Int32).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Stage 2 (TRELLIS's <c>sample_slat</c>): solves the structured-latent flow from noise <c>[N, C]</c> on the voxels
+    /// <paramref name="coords"/>, then un-normalises with <see cref="Normalization"/> (<c>slat · std + mean</c>).
+    /// </summary>
+    /// <param name="condition">Condition <c>[1 or B, L, C]</c> and negative tokens, B = the samples in <paramref name="coords"/>.</param>
+    /// <param name="coords">Occupied voxels <c>[N, 4]</c> (sample, x, y, z), rows contiguous per sample, every sample 0..B−1
+    /// present (<see cref="DecodeOccupancy"/> of non-empty structures).</param>
+    /// <param name="options">Sampler override, seed or given noise (<c>[N, C]</c>), progress, cancellation.</param>
+    /// <returns>The un-normalised structured latent on <paramref name="coords"/> (the caller disposes its feats).</returns>
+    /// <exception cref="ArgumentException">No voxel, malformed coordinates, a condition that does not fit, or given noise of another shape.</exception>
+    /// <exception cref="OperationCanceledException">Cancelled.</exception>
+    public TrellisStageResult<SparseTensor> SampleStructuredLatent(TrellisCondition condition, Tensor coords, TrellisStageOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(condition);
+        ArgumentNullException.ThrowIfNull(coords);
+        if (coords.dim() != 2 || coords.shape[1] != 4 || coords.shape[0] == 0)
+            throw new ArgumentException($"coords must be occupied voxels [N >= 1, 4] (sample, x, y, z), found [{string.Join(", ", coords.shape)}].", nameof(coords));
+        options ??= new TrellisStageOptions();
+        var sampler = options.Sampler ?? LatentSampler;
+        var sw = Stopwatch.StartNew();
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var device = ModuleInfo.DeviceOf(LatentFlow);
+        var sites = new SparseCoordinates(coords.to(ScalarType.Int32, device), LatentFlow.Config.Resolution);
+        CheckCondition(condition, sites.BatchSize, nameof(condition), options.MultiImage);
+        var noise = StageNoise(options, new[] { sites.Count, (long)LatentFlow.Config.InChannels }, ModuleInfo.DTypeOf(LatentFlow), device, "stage-2");
+        var x = new SparseTensor(noise, sites);
+        using var result = sampler.CreateSolver().Sample(Guided(sampler, new SLatFlowAdapter(LatentFlow), condition, options.MultiImage), x.ToLatent(), condition.Cond, sampler.Grid(),
+            new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.StructuredLatent), CancellationToken = options.CancellationToken });
+        using var normalized = result.Samples;
+        var feats = Normalization.Denormalize(normalized);
+        return new TrellisStageResult<SparseTensor>(x.ReplaceFeats(feats).MoveToOuterDisposeScope(), result.Evaluations, sw.Elapsed);
+    }
+
+    /// <summary>The formats this pipeline has decoders for.</summary>
+    public TrellisFormats AvailableFormats => GaussianDecoder is null ? TrellisFormats.None : TrellisFormats.Gaussians;
+
+    /// <summary>Decodes a structured latent (TRELLIS's <c>decode_slat</c>) into the requested <paramref name="formats"/>.</summary>
+    /// <param name="slat">The un-normalised structured latent (<see cref="SampleStructuredLatent"/>).</param>
+    /// <param name="formats">What to decode.</param>
+    /// <returns>One entry per sample of each requested format (the caller disposes the result).</returns>
+    /// <exception cref="InvalidOperationException">A requested format whose decoder this pipeline lacks.</exception>
+    /// <exception cref="NotSupportedException"><see cref="TrellisFormats.Mesh"/> (not decoded yet).</exception>
+    public TrellisDecoded Decode(SparseTensor slat, TrellisFormats formats = TrellisFormats.Gaussians)
+    {
+        ArgumentNullException.ThrowIfNull(slat);
+        if (formats.HasFlag(TrellisFormats.Mesh))
+            throw new NotSupportedException("decoding TrellisFormats.Mesh is not supported yet.");
+        var gaussians = formats.HasFlag(TrellisFormats.Gaussians) ? DecodeGaussians(slat) : null;
+        return new TrellisDecoded(gaussians);
+    }
+
+    /// <summary>Decodes a structured latent into one Gaussian set per sample with <see cref="GaussianDecoder"/>.</summary>
+    /// <exception cref="InvalidOperationException">The pipeline has no Gaussian decoder.</exception>
+    public IReadOnlyList<Gaussians> DecodeGaussians(SparseTensor slat)
+    {
+        ArgumentNullException.ThrowIfNull(slat);
+        if (GaussianDecoder is null) throw new InvalidOperationException("this pipeline has no Gaussian decoder (pipeline.json models.slat_decoder_gs).");
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var feats = slat.Feats.to(ModuleInfo.DTypeOf(GaussianDecoder), ModuleInfo.DeviceOf(GaussianDecoder));
+        return GaussianDecoder.Forward(slat.ReplaceFeats(feats));
+    }
+
+    // ------------------------------------------------------------------------------------------------------------
+
+    private static IFlowModel Guided(StageSampler sampler, IFlowModel model, TrellisCondition condition, MultiImageMode? multiImage) =>
+        multiImage is { } mode ? new MultiImageGuidance(model, sampler, mode, condition.NegCond) : sampler.Guide(model, condition.NegCond);
+
+    private void CheckCondition(TrellisCondition condition, long batch, string name, MultiImageMode? multiImage = null)
+    {
+        if (multiImage is not null && condition.Channels == ConditionChannels) return;   // rows are views, any count
+        if (condition.Channels != ConditionChannels || (condition.BatchSize != 1 && condition.BatchSize != batch))
+            throw new ArgumentException($"condition must be [1 or {batch}, L, {ConditionChannels}], found [{string.Join(", ", condition.Cond.shape)}].", name);
+    }
+
+    private static TrellisStageOptions Stage(TrellisRunOptions run, StageSampler? sampler, Tensor noise) => new()
+    {
+        Sampler = sampler, Noise = noise, Progress = run.Progress, CancellationToken = run.CancellationToken, MultiImage = run.MultiImage,
+    };
+
+    private static Tensor DrawNoise(long[] shape, Generator gen) => torch.randn(shape, dtype: ScalarType.Float32, generator: gen);
+
+    private static Tensor StageNoise(TrellisStageOptions options, long[] shape, ScalarType dtype, Device device, string stage)
+    {
+        if (options.Noise is { } given)
+        {
+            if (!given.shape.SequenceEqual(shape))
+                throw new ArgumentException($"{stage} noise must have shape [{string.Join(", ", shape)}], found [{string.Join(", ", given.shape)}].", nameof(options));
+            return given.to(dtype, device);
+        }
+        return DrawNoise(shape, new Generator((ulong)options.Seed)).to(dtype, device);
+    }
+
+    /// <summary>The voxels of the non-empty samples with their sample index renumbered 0..K−1, those samples, and the
+    /// voxel count of every sample.</summary>
+    private static (Tensor Compact, long[] NonEmpty, long[] Counts) NonEmptySamples(Tensor coords, int batch)
+    {
+        var batchCol = coords[.., 0].to(ScalarType.Int64).cpu();
+        var counts = torch.bincount(batchCol, minlength: batch).data<long>().ToArray();
+        var nonEmpty = Enumerable.Range(0, batch).Where(i => counts[i] > 0).Select(i => (long)i).ToArray();
+        var remap = torch.full(new long[] { batch }, -1L, dtype: ScalarType.Int64);
+        for (int k = 0; k < nonEmpty.Length; k++) remap[nonEmpty[k]] = k;
+        var compact = coords.to(ScalarType.Int64).cpu().clone();
+        compact[.., 0] = remap.index_select(0, batchCol);
+        return (compact.to(ScalarType.Int32), nonEmpty, counts);
+    }
+
+    private static TrellisOutput Assemble(Tensor z, Tensor coords, long[] counts, long[] nonEmpty, SparseTensor? slat, TrellisDecoded? decoded,
+        TimeSpan[] times, int ssEvals, int slatEvals)
+    {
+        var perSample = new Tensor?[counts.Length];
+        var gaussians = new Gaussians?[counts.Length];
+        for (int k = 0; k < nonEmpty.Length; k++)
+        {
+            var (start, len) = slat!.RowRanges[k];
+            perSample[nonEmpty[k]] = slat.Feats.narrow(0, start, len).clone().DetachFromDisposeScope();
+            gaussians[nonEmpty[k]] = decoded?.Gaussians?[k];
+        }
         var samples = new List<TrellisSample>();
         long offset = 0;
-        for (int i = 0; i < b; i++)
+        for (int i = 0; i < counts.Length; i++)
         {
             var c = coords.narrow(0, offset, counts[i])[.., 1..].clone().DetachFromDisposeScope();
             offset += counts[i];
             samples.Add(new TrellisSample(i, c, perSample[i], gaussians[i]));
         }
-        return new TrellisOutput(z.clone().DetachFromDisposeScope(), coords.DetachFromDisposeScope(), samples, times, ssResult.Evaluations, slatEvals);
+        return new TrellisOutput(z.DetachFromDisposeScope(), coords.DetachFromDisposeScope(), samples, times, ssEvals, slatEvals);
+    }
+
+    private sealed class StageProgress(IProgress<TrellisProgress>? target, TrellisStage stage) : IProgress<SamplerProgress>
+    {
+        public void Report(SamplerProgress value) => target?.Report(new TrellisProgress(stage, value.Step, value.TotalSteps));
     }
 }
 

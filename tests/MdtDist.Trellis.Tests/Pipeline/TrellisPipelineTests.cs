@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Conditioning;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Pipeline;
 using MdtDist.Trellis.Representations;
@@ -167,6 +168,100 @@ public class TrellisPipelineTests
         var ss = (SparseStructureFlowModel)TinyPipeline.Build("ss_flow", 1, ScalarType.Float32);
         var otherDecoder = new SparseStructureDecoder(new SparseStructureDecoderConfig { OutChannels = 1, LatentChannels = 4, NumResBlocks = 1, NumResBlocksMiddle = 1, Channels = new long[] { 8, 8 } });
         Assert.Throws<ArgumentException>(() => new TrellisPipeline(ss, otherDecoder, p.LatentFlow));
+    }
+
+    [Fact]
+    public void StagesCalledOneByOneWithGivenNoiseReproduceRun()
+    {
+        var p = TinyPipeline.Create(ScalarType.Float64);
+        using var cond = TinyPipeline.Condition(dtype: ScalarType.Float64);
+        var ss = StageSampler.Student(2, 1.5);
+        var slatSampler = StageSampler.Student(2, 0.5);
+        using var run = p.Run(cond, new TrellisRunOptions { Seed = 21, StructureSampler = ss, LatentSampler = slatSampler });
+
+        // Run draws both noises from one generator seeded with Seed (stage 1 first), in float32 on the CPU.
+        var gen = new Generator(21);
+        using var ssNoise = torch.randn(p.StructureNoiseShape(1), dtype: ScalarType.Float32, generator: gen);
+        var condition = TrellisCondition.FromImageFeatures(cond);
+        var z = p.SampleSparseStructure(condition, 1, new TrellisStageOptions { Sampler = ss, Noise = ssNoise });
+        Assert.Equal(4, z.Evaluations);
+        Assert.True(Same(run.StructureLatent, z.Result));
+        using var coords = p.DecodeOccupancy(z.Result);
+        Assert.True(Same(run.Coords, coords));
+        using var slatNoise = torch.randn(new[] { coords.shape[0], 8L }, dtype: ScalarType.Float32, generator: gen);
+        var slat = p.SampleStructuredLatent(condition, coords, new TrellisStageOptions { Sampler = slatSampler, Noise = slatNoise });
+        Assert.True(Same(run.Samples[0].Latent!, slat.Result.Feats));
+        using var decoded = p.Decode(slat.Result);
+        Assert.True(Same(run.Samples[0].Gaussians!.GetXyz(), decoded.Gaussians![0].GetXyz()));
+
+        // The latent is un-normalised with + mean: undoing it by hand gives back the flow's own output, whose
+        // channel means are far from slat_normalization's (e.g. -2.17 and +1.20).
+        var norm = p.Normalization;
+        using var mean = torch.tensor(norm.Mean.ToArray(), dtype: ScalarType.Float64);
+        using var std = torch.tensor(norm.Std.ToArray(), dtype: ScalarType.Float64);
+        using var raw = (slat.Result.Feats - mean) / std;
+        var x = new MdtDist.Trellis.Sparse.SparseTensor(slatNoise.to(ScalarType.Float64), coords);
+        using var direct = new MdtDist.Core.Sampling.EulerSolver().Sample(slatSampler.Guide(new SLatFlowAdapter(p.LatentFlow)), x.ToLatent(), cond, slatSampler.Grid());
+        Assert.True((raw - direct.Samples).abs().max().item<double>() < 1e-12);
+        direct.Samples.Dispose();
+        z.Result.Dispose();
+        slat.Result.Feats.Dispose();
+    }
+
+    [Fact]
+    public void TheNegativeConditionIsUsedByGuidance()
+    {
+        var p = TinyPipeline.Create(ScalarType.Float64);
+        using var cond = TinyPipeline.Condition(dtype: ScalarType.Float64);
+        var guided = new TrellisStageOptions { Sampler = StageSampler.Student(1, 2.0), Seed = 3 };
+        using var zeros = torch.zeros(1, 6, 16, dtype: ScalarType.Float64);
+        using var other = torch.randn(new long[] { 1, 6, 16 }, dtype: ScalarType.Float64, generator: new Generator(77));
+        using var a = p.SampleSparseStructure(TrellisCondition.FromImageFeatures(cond), 1, guided).Result;
+        using var b = p.SampleSparseStructure(new TrellisCondition(cond, zeros), 1, guided).Result;
+        using var c = p.SampleSparseStructure(new TrellisCondition(cond, other), 1, guided).Result;
+        Assert.True(Same(a, b));
+        // v = (1+w) v_c - w v_u: with one Euler step from t = 1, z differs by w * (v_u(other) - v_u(zeros)), not zero.
+        Assert.True((a - c).abs().max().item<double>() > 1e-3);
+    }
+
+    [Fact]
+    public void StagesRejectGivenNoiseOfTheWrongShapeAndUnsupportedFormats()
+    {
+        var p = TinyPipeline.Create();
+        using var cond = TinyPipeline.Condition();
+        var condition = TrellisCondition.FromImageFeatures(cond);
+        using var bad = torch.zeros(new long[] { 1, 8, 4, 4, 5 });
+        var e = Assert.Throws<ArgumentException>(() => p.SampleSparseStructure(condition, 1, new TrellisStageOptions { Noise = bad }));
+        Assert.Contains("[1, 8, 4, 4, 4]", e.Message);
+        using var coords = torch.tensor(new int[] { 0, 1, 2, 3, 0, 2, 2, 3 }, new long[] { 2, 4 });
+        using var badSlat = torch.zeros(3, 8);
+        Assert.Contains("[2, 8]", Assert.Throws<ArgumentException>(() => p.SampleStructuredLatent(condition, coords, new TrellisStageOptions { Noise = badSlat })).Message);
+        using var none = torch.zeros(new long[] { 0, 4 }, dtype: ScalarType.Int32);
+        Assert.Throws<ArgumentException>(() => p.SampleStructuredLatent(condition, none));
+        var slat = p.SampleStructuredLatent(condition, coords, new TrellisStageOptions { Sampler = OneStep }).Result;
+        Assert.Throws<NotSupportedException>(() => p.Decode(slat, TrellisFormats.Mesh));
+        using var nothing = p.Decode(slat, TrellisFormats.None);
+        Assert.Null(nothing.Gaussians);
+        var noDecoder = new TrellisPipeline(p.StructureFlow, p.StructureDecoder, p.LatentFlow);
+        Assert.Equal(TrellisFormats.None, noDecoder.AvailableFormats);
+        Assert.Throws<InvalidOperationException>(() => noDecoder.DecodeGaussians(slat));
+    }
+
+    [Fact]
+    public void ConditionRecordValidatesItsTensors()
+    {
+        using var cond = torch.zeros(2, 5, 16);
+        var c = TrellisCondition.FromImageFeatures(cond);
+        Assert.Equal(new long[] { 1, 5, 16 }, c.NegCond.shape);
+        Assert.Equal(0.0, c.NegCond.abs().max().item<float>());
+        using var wrongWidth = torch.zeros(1, 5, 15);
+        Assert.Contains("NegCond", Assert.Throws<ArgumentException>(() => new TrellisCondition(cond, wrongWidth)).Message);
+        using var batched = torch.zeros(2, 5, 16);
+        Assert.Throws<ArgumentException>(() => new TrellisCondition(cond, batched));
+        using var nan = torch.full(new long[] { 1, 5, 16 }, double.NaN);
+        Assert.Contains("NaN", Assert.Throws<ArgumentException>(() => TrellisCondition.FromImageFeatures(nan)).Message);
+        using var flat = torch.zeros(5, 16);
+        Assert.Throws<ArgumentException>(() => TrellisCondition.FromImageFeatures(flat));
     }
 
     private static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
