@@ -238,6 +238,12 @@ public sealed class ImagePreprocessor
         int half = size / 2;
         int left = (int)Math.Round(cx - half, MidpointRounding.ToEven), top = (int)Math.Round(cy - half, MidpointRounding.ToEven);
         int right = (int)Math.Round(cx + half, MidpointRounding.ToEven), bottom = (int)Math.Round(cy + half, MidpointRounding.ToEven);
+        return CropBox(image, left, top, right, bottom);
+    }
+
+    /// <summary>PIL's <c>crop((left, top, right, bottom))</c> with integer corners: transparent outside the image.</summary>
+    internal static Image<Rgba32> CropBox(Image<Rgba32> image, int left, int top, int right, int bottom)
+    {
         int w = Math.Max(right - left, 1), h = Math.Max(bottom - top, 1);
         var crop = new Image<Rgba32>(w, h);   // transparent black
         image.ProcessPixelRows(crop, (src, dst) =>
