@@ -33,8 +33,9 @@ public static class TrellisGenerateApp
           --dinov2 FILE        DINOv2 weights (dinov2_vitl14_reg4_pretrain.pth or .safetensors); default: $MDTDIST_DINOV2,
                                then ~/.cache/torch/hub/checkpoints/, then MODEL_DIR/dinov2_vitl14_reg4_pretrain.pth
           --matting FILE       an ONNX background-removal model (e.g. rembg's u2net.onnx) for pictures without transparency
-          --ss-student STEM    an MDT-dist stage-1 student checkpoint (ckpts/NAME without extension)
-          --slat-student STEM  an MDT-dist stage-2 student checkpoint
+          --ss-student PATH    an MDT-dist stage-1 student: a checkpoint pair (ckpts/NAME without extension) or a training
+                               run folder (config.json + ckpts/denoiser_ema0.9999_stepNNNNNNN.pt; latest EMA step)
+          --slat-student PATH  an MDT-dist stage-2 student, the same two forms
           --ss-steps N         stage-1 steps (default: pipeline.json, or 1 with --ss-student)
           --slat-steps N       stage-2 steps (default: pipeline.json, or 1 with --slat-student)
           --cfg W              guidance strength of both stages (students default to 0)
@@ -90,12 +91,12 @@ public static class TrellisGenerateApp
         var slatSampler = pipeline.LatentSampler;
         if (o.TryGetValue("ss-student", out var ssStem))
         {
-            pipeline = pipeline.WithStructureFlow(TrellisCheckpoint.Load<SparseStructureFlowModel>(ssStem, ScalarType.Float32, device));
+            pipeline = pipeline.WithStructureFlow(LoadStudent<SparseStructureFlowModel>(ssStem, device));
             ssSampler = StageSampler.Student(1);
         }
         if (o.TryGetValue("slat-student", out var slatStem))
         {
-            pipeline = pipeline.WithLatentFlow(TrellisCheckpoint.Load<SLatFlowModel>(slatStem, ScalarType.Float32, device));
+            pipeline = pipeline.WithLatentFlow(LoadStudent<SLatFlowModel>(slatStem, device));
             slatSampler = StageSampler.Student(1);
         }
         ssSampler = ssSampler with { Steps = Int(o, "ss-steps", ssSampler.Steps) };
@@ -185,6 +186,12 @@ public static class TrellisGenerateApp
             (SLatGaussianDecoder)Build("SLatGaussianDecoder", """{"resolution": 16, "model_channels": 32, "latent_channels": 8, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4, "pe_mode": "ape", "qk_rms_norm": false, "representation_config": {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1}, "perturb_offset": true, "voxel_size": 1.5, "num_gaussians": 8, "2d_filter_kernel_size": 0.1, "3d_filter_kernel_size": 0.0009, "scaling_bias": 0.004, "opacity_bias": 0.1, "scaling_activation": "softplus"}}""", 4),
             structureSampler: StageSampler.TrellisImageLarge with { Steps = 12 }, latentSampler: StageSampler.TrellisImageLarge with { Steps = 12 });
     }
+
+    /// <summary>A student from a checkpoint pair or from a training run folder (TRELLIS's trainer layout).</summary>
+    private static T LoadStudent<T>(string path, Device device) where T : nn.Module =>
+        TrainingRunCheckpoint.IsTrainingRun(path)
+            ? TrainingRunCheckpoint.Load<T>(path, dtype: ScalarType.Float32, device: device)
+            : TrellisCheckpoint.Load<T>(path, ScalarType.Float32, device);
 
     /// <summary>A tiny random DINOv2 with registers (width = the tiny flows' condition width) for the smoke test.</summary>
     private static Dinov2Model TinyDinov2(long width, Device device)

@@ -90,6 +90,9 @@ public sealed class FlowMatchingTrainer : IDisposable
     /// <summary>The learning rate of the next step.</summary>
     public double CurrentLearningRate => _core.CurrentLearningRate;
 
+    /// <summary>Seconds spent averaging gradients over ranks so far (0 in a single process).</summary>
+    public double AllReduceSeconds => _core.AllReduceSeconds;
+
     /// <summary>The EMA weights of rate index <paramref name="index"/> by parameter name (live tensors: read, do not modify).</summary>
     public IReadOnlyDictionary<string, Tensor> EmaParameters(int index = 0) => _core.EmaParameters(index);
 
@@ -182,7 +185,7 @@ public sealed class FlowMatchingTrainer : IDisposable
         return new ObjectiveResult(terms.Loss, terms.PerSample, terms.T, new[] { ("mse", terms.Loss) });
     };
 
-    /// <summary>Writes a resumable checkpoint (same layout and guarantees as <see cref="MdtDistiller.SaveCheckpoint"/>; the model is stored as <c>student.safetensors</c>).</summary>
+    /// <summary>Writes a resumable checkpoint (same layout and guarantees as <see cref="MdtDistiller.SaveCheckpoint"/>; the model is stored as <c>student.safetensors</c>; a collective in data-parallel runs).</summary>
     public string SaveCheckpoint(string directory) => _core.SaveCheckpoint(directory);
 
     /// <summary>Restores the state saved by <see cref="SaveCheckpoint"/>.</summary>

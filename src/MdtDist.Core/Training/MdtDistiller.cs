@@ -194,7 +194,7 @@ public sealed class MdtDistiller : IDisposable
     /// <paramref name="directory"/>. The files are written into a hidden temporary folder, a manifest with their
     /// sizes and SHA-256 hashes is written last, and the folder is then renamed into place, so a crash at any point
     /// leaves every earlier checkpoint intact and never exposes a partial one. Older checkpoints beyond
-    /// <see cref="TrainingOptions.KeepCheckpoints"/> are deleted afterwards. In data-parallel runs only rank 0 writes.
+    /// <see cref="TrainingOptions.KeepCheckpoints"/> are deleted afterwards. In data-parallel runs this is a collective: every rank calls it, only rank 0 writes.
     /// </summary>
     /// <returns>The checkpoint folder.</returns>
     public string SaveCheckpoint(string directory) => _core.SaveCheckpoint(directory);

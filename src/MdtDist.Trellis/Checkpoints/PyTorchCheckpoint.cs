@@ -74,7 +74,8 @@ public static class PyTorchCheckpoint
 
     /// <summary>
     /// Loads the state dict of a <c>torch.save</c> file onto the CPU, each tensor in its stored dtype and shape
-    /// (contiguous, owning its memory). The caller disposes the tensors.
+    /// (contiguous; a tensor that is a whole storage keeps that storage's memory, a part of a storage is copied, so two
+    /// entries saved as the same tensor share memory as in PyTorch). The caller disposes the tensors.
     /// </summary>
     /// <param name="path">A <c>.pth</c> / <c>.pt</c> file holding a dict of tensors.</param>
     /// <exception cref="FileNotFoundException">No such file.</exception>
@@ -234,8 +235,16 @@ public static class PyTorchCheckpoint
                 if (p.Offset < 0 || (numel > 0 && extent >= p.Storage.NumElements))
                     throw new CheckpointFormatException(
                         $"PyTorch checkpoint '{path}': tensor '{name}' [{string.Join(", ", p.Shape)}] at offset {p.Offset} reaches element {extent} of storage '{p.Storage.Key}' ({p.Storage.NumElements} elements).");
-                using var view = numel == 0 ? torch.empty(p.Shape, storage.dtype) : storage.as_strided(p.Shape, p.Stride, p.Offset);
-                result[name] = view.contiguous().clone();
+                var view = numel == 0 ? torch.empty(p.Shape, storage.dtype) : storage.as_strided(p.Shape, p.Stride, p.Offset);
+                if (view.is_contiguous() && numel == p.Storage.NumElements)
+                {
+                    result[name] = view;   // the whole storage: share its memory (libtorch keeps it alive) instead of copying
+                }
+                else
+                {
+                    result[name] = view.contiguous().clone();
+                    view.Dispose();
+                }
             }
         }
         catch

@@ -44,7 +44,7 @@ public sealed class Dinov2Model : nn.Module<Tensor, Tensor>
 #pragma warning restore IDE1006
     private AttentionBackend _backend = AttentionBackend.Auto;
 
-    /// <summary>Builds the network with zero weights (load a checkpoint: see <see cref="Dinov2Checkpoint"/>).</summary>
+    /// <summary>Builds the network with placeholder weights (zero tokens and embeddings, default Linear init; load a checkpoint: see <see cref="Dinov2Checkpoint"/>).</summary>
     /// <param name="config">The architecture.</param>
     /// <param name="dtype">Parameter dtype (float32 by default; float64 for exact tests; float16 / bfloat16).</param>
     /// <param name="device">Device (CPU by default).</param>

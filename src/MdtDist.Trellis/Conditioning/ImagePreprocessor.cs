@@ -135,7 +135,15 @@ public sealed class ImagePreprocessor
                     throw new InvalidDataException(
                         $"{source} has no transparency, so the object must be cut out first (TRELLIS uses rembg's U²-Net): pass an ONNX matting model " +
                         "(ImagePreprocessOptions.Matting = new OnnxMatting(\"u2net.onnx\"); TrellisGenerate --matting u2net.onnx) or an RGBA image with a transparent background.");
-                matted = Options.Matting.RemoveBackground(image);
+                // TRELLIS: convert('RGB'), downscale (LANCZOS) so the longer side is at most 1024, then rembg.
+                int longer = Math.Max(image.Width, image.Height);
+                double scale = Math.Min(1.0, 1024.0 / longer);
+                if (scale < 1)
+                {
+                    using var small = PilLanczosResampler.Resize(image, (int)(image.Width * scale), (int)(image.Height * scale), opaqueRgb: true);
+                    matted = Options.Matting.RemoveBackground(small);
+                }
+                else matted = Options.Matting.RemoveBackground(image);
                 rgba = matted;
             }
             var (x0, y0, x1, y1) = AlphaBoundingBox(rgba, source);
@@ -230,19 +238,35 @@ public sealed class ImagePreprocessor
         return (x0, y0, x1, y1);
     }
 
-    /// <summary>PIL's <c>crop</c> of TRELLIS's box: Python-rounded (half to even) corners, transparent outside the image.</summary>
+    /// <summary>TRELLIS's square crop box around the alpha bounding box, cropped as PIL does (corners rounded half to even).</summary>
     private Image<Rgba32> CropSquare(Image<Rgba32> image, int x0, int y0, int x1, int y1)
     {
         double cx = (x0 + x1) / 2.0, cy = (y0 + y1) / 2.0;
         int size = (int)(Math.Max(x1 - x0, y1 - y0) * Options.Margin);
         int half = size / 2;
-        int left = (int)Math.Round(cx - half, MidpointRounding.ToEven), top = (int)Math.Round(cy - half, MidpointRounding.ToEven);
-        int right = (int)Math.Round(cx + half, MidpointRounding.ToEven), bottom = (int)Math.Round(cy + half, MidpointRounding.ToEven);
-        return CropBox(image, left, top, right, bottom);
+        return Crop(image, cx - half, cy - half, cx + half, cy + half);
     }
 
-    /// <summary>PIL's <c>crop((left, top, right, bottom))</c> with integer corners: transparent outside the image.</summary>
-    internal static Image<Rgba32> CropBox(Image<Rgba32> image, int left, int top, int right, int bottom)
+    /// <summary>
+    /// PIL's <c>Image.crop(box)</c>: the box corners are rounded as Python's <c>round</c> (half to even), pixels outside
+    /// the image are transparent black. Returns a new image of (right − left) × (bottom − top) pixels (at least 1 × 1).
+    /// </summary>
+    public static Image<Rgba32> Crop(Image<Rgba32> image, double left, double top, double right, double bottom)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        return CropRounded(image, (int)Math.Round(left, MidpointRounding.ToEven), (int)Math.Round(top, MidpointRounding.ToEven),
+            (int)Math.Round(right, MidpointRounding.ToEven), (int)Math.Round(bottom, MidpointRounding.ToEven));
+    }
+
+    /// <summary>PIL's <c>Image.resize(size, LANCZOS)</c> of an RGBA image, byte for byte (premultiplied alpha, fixed point).</summary>
+    public static Image<Rgba32> ResizeLanczos(Image<Rgba32> image, int width, int height)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        if (width < 1 || height < 1) throw new ArgumentException($"target size must be positive, got {width} x {height}.");
+        return PilLanczosResampler.Resize(image, width, height);
+    }
+
+    private static Image<Rgba32> CropRounded(Image<Rgba32> image, int left, int top, int right, int bottom)
     {
         int w = Math.Max(right - left, 1), h = Math.Max(bottom - top, 1);
         var crop = new Image<Rgba32>(w, h);   // transparent black

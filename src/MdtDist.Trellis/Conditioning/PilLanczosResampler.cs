@@ -29,17 +29,27 @@ internal static class PilLanczosResampler
         return Math.Sin(x) / x;
     }
 
-    /// <summary>Resizes <paramref name="image"/> (RGBA) to <paramref name="width"/> × <paramref name="height"/> as PIL does.</summary>
-    public static Image<Rgba32> Resize(Image<Rgba32> image, int width, int height)
+    /// <summary>
+    /// Resizes <paramref name="image"/> to <paramref name="width"/> × <paramref name="height"/> as PIL does: as an RGBA
+    /// image (premultiplied while resampling) or, with <paramref name="opaqueRgb"/>, as an RGB image (alpha set to 255).
+    /// </summary>
+    public static Image<Rgba32> Resize(Image<Rgba32> image, int width, int height, bool opaqueRgb = false)
     {
         int w = image.Width, h = image.Height;
         var src = new byte[w * h * 4];
         image.CopyPixelDataTo(src);
-        // RGBA -> RGBa
-        for (int i = 0; i < src.Length; i += 4)
+        if (opaqueRgb)
         {
-            int a = src[i + 3];
-            for (int c = 0; c < 3; c++) src[i + c] = MulDiv255(src[i + c], a);
+            for (int i = 3; i < src.Length; i += 4) src[i] = 255;
+        }
+        else
+        {
+            // RGBA -> RGBa
+            for (int i = 0; i < src.Length; i += 4)
+            {
+                int a = src[i + 3];
+                for (int c = 0; c < 3; c++) src[i + c] = MulDiv255(src[i + c], a);
+            }
         }
         byte[] cur = src;
         int cw = w, ch = h;
@@ -52,6 +62,11 @@ internal static class PilLanczosResampler
         {
             cur = Vertical(cur, cw, ch, height);
             ch = height;
+        }
+        if (opaqueRgb)
+        {
+            for (int i = 3; i < cur.Length; i += 4) cur[i] = 255;
+            return Image.LoadPixelData<Rgba32>(cur, width, height);
         }
         // RGBa -> RGBA
         for (int i = 0; i < cur.Length; i += 4)

@@ -44,8 +44,9 @@ public static class TrellisConditionImages
         if (!anyTransparent) throw new InvalidDataException($"condition view '{path}' has no transparency (TRELLIS's renders_cond views are RGBA renders with a transparent background).");
         double cx = (x0 + x1) / 2.0, cy = (y0 + y1) / 2.0;
         double hsize = Math.Max(x1 - x0, y1 - y0) / 2.0 * 1.2;
-        using var crop = ImagePreprocessor.CropBox(image, (int)(cx - hsize), (int)(cy - hsize), (int)(cx + hsize), (int)(cy + hsize));
-        using var resized = PilLanczosResampler.Resize(crop, size, size);
+        // Python's int() truncates toward zero, as C#'s cast does; the corners are then integers, so PIL's rounding keeps them.
+        using var crop = ImagePreprocessor.Crop(image, (int)(cx - hsize), (int)(cy - hsize), (int)(cx + hsize), (int)(cy + hsize));
+        using var resized = ImagePreprocessor.ResizeLanczos(crop, size, size);
         var data = new float[3 * size * size];
         resized.ProcessPixelRows(acc =>
         {

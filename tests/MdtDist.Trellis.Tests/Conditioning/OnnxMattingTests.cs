@@ -57,4 +57,35 @@ public class OnnxMattingTests
             dir.Delete(recursive: true);
         }
     }
+
+    private sealed class RecordingMatting : IImageMatting
+    {
+        public (int W, int H)? Seen { get; private set; }
+
+        public Image<Rgba32> RemoveBackground(Image<Rgba32> image)
+        {
+            Seen = (image.Width, image.Height);
+            var cut = image.Clone();
+            cut.ProcessPixelRows(acc =>
+            {
+                for (int y = 0; y < acc.Height; y++)
+                    foreach (ref var p in acc.GetRowSpan(y)) p.A = p.R;   // bright = foreground
+            });
+            return cut;
+        }
+    }
+
+    [Fact]
+    public void LargeOpaquePicturesAreDownscaledTo1024BeforeMattingAsTrellisDoes()
+    {
+        var matting = new RecordingMatting();
+        using var photo = new Image<Rgba32>(1500, 1000, new Rgba32(0, 0, 0, 255));
+        for (int y = 400; y < 600; y++)
+            for (int x = 600; x < 900; x++) photo[x, y] = new Rgba32(255, 255, 255, 255);
+        var pre = new ImagePreprocessor(new ImagePreprocessOptions { Matting = matting });
+        using var result = pre.Preprocess(photo, "photo");
+        // scale = 1024 / 1500; int(1500 * scale) = 1024, int(1000 * scale) = 682.
+        Assert.Equal((1024, 682), matting.Seen);
+        Assert.True(result[259, 259].R > 200);
+    }
 }
