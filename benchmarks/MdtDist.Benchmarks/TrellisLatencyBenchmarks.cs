@@ -70,7 +70,7 @@ public class TrellisLatencyBenchmarks
             "student-2" => StageSampler.Student(2),
             _ => StageSampler.Student(1),
         };
-        _stage1 = _sampler.Guide(new TrellisFlowModel(ss));
+        _stage1 = _sampler.Guide(new SparseStructureFlowAdapter(ss));
         _stage2 = _sampler.Guide(new SLatFlowAdapter(slat));
         var g = new Generator(1);
         _noise1 = torch.randn(new long[] { 1, 8, 16, 16, 16 }, generator: g).to(device);

@@ -254,7 +254,7 @@ public static class Stage1StructureApp
             using var scope = torch.NewDisposeScope();
 
             var cond = LoadCondition(o, flow.Config, log).to(o.DType, device);
-            var model = new TrellisFlowModel(flow);
+            var model = new SparseStructureFlowAdapter(flow);
             torch.manual_seed(o.Seed);
             var noise = torch.randn(model.LatentShape(o.Batch), dtype: o.DType, device: device);
             var grid = TimeGrid.Trellis(steps, rescale);

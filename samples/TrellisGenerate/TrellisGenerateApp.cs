@@ -1,9 +1,12 @@
 using System.Diagnostics;
 using System.Globalization;
+using MdtDist.Core.IO;
+using MdtDist.Trellis.Export;
 using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Conditioning;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Pipeline;
+using MdtDist.Trellis.Rendering;
 using MdtDist.Trellis.Representations;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -11,14 +14,15 @@ using static TorchSharp.torch;
 namespace TrellisGenerate;
 
 /// <summary>
-/// The whole TRELLIS pipeline in .NET: condition tokens → stage 1 → structure decoder → stage 2 → Gaussian decoder →
-/// one 3D Gaussian splatting .ply per sample, with the teacher's 25-step schedule or MDT-dist students with 1–2 steps.
+/// The whole TRELLIS pipeline in .NET: condition tokens → stage 1 → structure decoder → stage 2 → Gaussian and mesh
+/// decoders → one 3D Gaussian splatting .ply and one .glb mesh per sample, with the teacher's 25-step schedule or
+/// MDT-dist students with 1–2 steps.
 /// </summary>
 public static class TrellisGenerateApp
 {
     /// <summary>How to call the sample.</summary>
     public const string Usage = """
-        TrellisGenerate: run TRELLIS (both stages + Gaussian decoder) and write 3D Gaussian splatting .ply files.
+        TrellisGenerate: run TRELLIS (both stages + decoders) and write 3D Gaussian splatting .ply files and .glb meshes.
 
         usage: TrellisGenerate MODEL_DIR [options]
                TrellisGenerate --random-tiny [options]     (tiny random networks, no download; a smoke test)
@@ -42,7 +46,13 @@ public static class TrellisGenerateApp
           --seed S             noise seed (default 1)
           --samples B          samples in one batch (default 1)
           --device D           cpu (default) or cuda[:i] (needs a TorchSharp CUDA backend)
-          --out PREFIX         output prefix (default trellis: trellis_0.ply, trellis_1.ply, ...)
+          --out PREFIX         output prefix (default trellis: trellis_0.ply, trellis_0.glb, trellis_1.ply, ...)
+          --no-glb             skip the mesh decoder and the .glb files
+          --simplify F         remove this fraction of the mesh's triangles before writing the .glb (quadric
+                               decimation; TRELLIS's to_glb uses 0.95); default 0 (keep every triangle)
+          --preview-size N     side of the preview stills (default 256; 0: no preview); per sample PREFIX_i_preview.png
+                               (labelled views) and PREFIX_i_turntable.gif
+          --turntable-frames N frames of the turntable GIF (default 36; 0: none)
         """;
 
     /// <summary>Command-line entry point; returns the exit code.</summary>
@@ -55,6 +65,7 @@ public static class TrellisGenerateApp
         for (int i = 0; i < args.Length; i++)
         {
             if (args[i] == "--random-tiny") { tiny = true; continue; }
+            if (args[i] == "--no-glb") { o["no-glb"] = "1"; continue; }
             if (args[i] is "-h" or "--help") { log.WriteLine(Usage); return 0; }
             if (args[i].StartsWith("--", StringComparison.Ordinal))
             {
@@ -86,7 +97,11 @@ public static class TrellisGenerateApp
     public static IReadOnlyList<string> Generate(string? modelDir, bool tiny, IReadOnlyList<string> images, Dictionary<string, string> o, TextWriter log)
     {
         var device = o.TryGetValue("device", out var d) ? torch.device(d) : CPU;
-        var pipeline = tiny ? TinyPipeline(device) : TrellisPipeline.FromFolder(modelDir!, ScalarType.Float32, device);
+        bool glb = !o.ContainsKey("no-glb");
+        double simplify = o.TryGetValue("simplify", out var sf) ? double.Parse(sf, CultureInfo.InvariantCulture) : 0;
+        if (!(simplify >= 0 && simplify < 1)) throw new ArgumentException($"--simplify must lie in [0, 1), found {simplify}.");
+        var pipeline = tiny ? TinyPipeline(device, glb) : TrellisPipeline.FromFolder(modelDir!, ScalarType.Float32, device, loadMeshDecoder: glb);
+        if (glb && pipeline.MeshDecoder is null) log.WriteLine("note: pipeline.json names no slat_decoder_mesh; no .glb is written");
         var ssSampler = pipeline.StructureSampler;
         var slatSampler = pipeline.LatentSampler;
         if (o.TryGetValue("ss-student", out var ssStem))
@@ -143,9 +158,10 @@ public static class TrellisGenerateApp
         {
             Seed = long.Parse(o.GetValueOrDefault("seed", "1"), CultureInfo.InvariantCulture), NumSamples = samples,
             StructureSampler = ssSampler, LatentSampler = slatSampler, Progress = progress, MultiImage = multi,
+            Formats = TrellisFormats.Gaussians | (glb ? TrellisFormats.Mesh : TrellisFormats.None),
         });
         log.WriteLine($"done in {watch.Elapsed.TotalSeconds:F2} s (stage 1 {result.StructureTime.TotalSeconds:F2} s, structure decoder " +
-                      $"{result.DecodeStructureTime.TotalSeconds:F2} s, stage 2 {result.LatentTime.TotalSeconds:F2} s, Gaussian decoder {result.DecodeTime.TotalSeconds:F2} s)");
+                      $"{result.DecodeStructureTime.TotalSeconds:F2} s, stage 2 {result.LatentTime.TotalSeconds:F2} s, decoders {result.DecodeTime.TotalSeconds:F2} s)");
         var prefix = o.GetValueOrDefault("out", "trellis");
         var files = new List<string>();
         foreach (var s in result.Samples)
@@ -159,12 +175,31 @@ public static class TrellisGenerateApp
             GaussianPly.Save(path, s.Gaussians);
             files.Add(path);
             log.WriteLine($"sample {s.Index}: {s.Coords.shape[0]} voxels, {s.Gaussians.Count} Gaussians -> {path}");
+            if (s.Mesh is { } mesh)
+            {
+                var glbPath = $"{prefix}_{s.Index}.glb";
+                long? target = simplify > 0 ? Math.Max(1, (long)Math.Round(mesh.FaceCount * (1 - simplify))) : null;
+                MeshGlb.Save(glbPath, mesh, new GlbExportOptions { TargetFaceCount = target });
+                files.Add(glbPath);
+                log.WriteLine($"sample {s.Index}: mesh with {mesh.VertexCount} vertices, {mesh.FaceCount} triangles" +
+                              (target is long t ? $" (simplified to <= {t})" : "") + (mesh.IsEmpty ? " (no surface: empty scene)" : "") + $" -> {glbPath}");
+            }
+            int previewSize = Int(o, "preview-size", 256);
+            if (previewSize > 0)
+            {
+                var previews = Preview.SaveSample($"{prefix}_{s.Index}", s.Gaussians, mesh: s.Mesh, new SamplePreviewOptions
+                {
+                    Resolution = previewSize, TurntableResolution = previewSize, TurntableFrames = Int(o, "turntable-frames", 36),
+                });
+                files.AddRange(previews);
+                log.WriteLine($"sample {s.Index}: preview -> {string.Join(", ", previews)}");
+            }
         }
         return files;
     }
 
     /// <summary>Tiny random networks of TRELLIS's architecture (4³ structure latent, 16³ grid) for a smoke test.</summary>
-    private static TrellisPipeline TinyPipeline(Device device)
+    private static TrellisPipeline TinyPipeline(Device device, bool mesh)
     {
         nn.Module Build(string name, string args, long seed)
         {
@@ -184,7 +219,8 @@ public static class TrellisGenerateApp
             (SparseStructureDecoder)Build("SparseStructureDecoder", """{"out_channels": 1, "latent_channels": 8, "num_res_blocks": 1, "channels": [16, 8, 8], "num_res_blocks_middle": 1}""", 2),
             (SLatFlowModel)Build("SLatFlowModel", """{"resolution": 16, "in_channels": 8, "out_channels": 8, "model_channels": 32, "cond_channels": 16, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""", 3),
             (SLatGaussianDecoder)Build("SLatGaussianDecoder", """{"resolution": 16, "model_channels": 32, "latent_channels": 8, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4, "pe_mode": "ape", "qk_rms_norm": false, "representation_config": {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1}, "perturb_offset": true, "voxel_size": 1.5, "num_gaussians": 8, "2d_filter_kernel_size": 0.1, "3d_filter_kernel_size": 0.0009, "scaling_bias": 0.004, "opacity_bias": 0.1, "scaling_activation": "softplus"}}""", 4),
-            structureSampler: StageSampler.TrellisImageLarge with { Steps = 12 }, latentSampler: StageSampler.TrellisImageLarge with { Steps = 12 });
+            structureSampler: StageSampler.TrellisImageLarge with { Steps = 12 }, latentSampler: StageSampler.TrellisImageLarge with { Steps = 12 },
+            meshDecoder: mesh ? (SLatMeshDecoder)Build("SLatMeshDecoder", """{"resolution": 16, "model_channels": 256, "latent_channels": 8, "num_blocks": 1, "num_heads": 4, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4, "pe_mode": "ape", "qk_rms_norm": false, "representation_config": {"use_color": true}}""", 5) : null);
     }
 
     /// <summary>A student from a checkpoint pair or from a training run folder (TRELLIS's trainer layout).</summary>

@@ -1,3 +1,4 @@
+using MdtDist.TestSupport;
 using MdtDist.Core.Flow;
 using MdtDist.Core.Sampling;
 using TorchSharp;
@@ -156,8 +157,3 @@ public class SolverTests
     }
 }
 
-/// <summary>An IProgress that reports synchronously (Progress&lt;T&gt; posts to the thread pool).</summary>
-internal sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
-{
-    public void Report(T value) => report(value);
-}

@@ -1,3 +1,4 @@
+using MdtDist.Core;
 using System.Collections;
 using MdtDist.Core.Flow;
 using TorchSharp;
@@ -121,8 +122,7 @@ public abstract class DistillationPairLoss
         ArgumentNullException.ThrowIfNull(noise);
         ArgumentNullException.ThrowIfNull(t);
         CheckShape(noise, x0.Data, nameof(noise));
-        if (t.dim() != 1 || t.shape[0] != x0.BatchSize)
-            throw new ArgumentException($"t must have shape [{x0.BatchSize}], found [{string.Join(", ", t.shape)}].", nameof(t));
+        ArgumentChecks.PerSampleTime(t, x0.BatchSize);
         double w = guidanceScale ?? GuidanceScale;
         if (!double.IsFinite(w)) throw new ArgumentException($"guidanceScale must be finite, got {w}.", nameof(guidanceScale));
 

@@ -1,3 +1,4 @@
+using MdtDist.Core;
 using MdtDist.Core.Flow;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -111,8 +112,7 @@ public static class FlowModelJvp
         ArgumentNullException.ThrowIfNull(t);
         ArgumentNullException.ThrowIfNull(tangentX);
         DistillationPairLoss.CheckShape(tangentX, x.Data, nameof(tangentX));
-        if (t.dim() != 1 || t.shape[0] != x.BatchSize)
-            throw new ArgumentException($"t must have shape [{x.BatchSize}], found [{string.Join(", ", t.shape)}].", nameof(t));
+        ArgumentChecks.PerSampleTime(t, x.BatchSize);
         if (tangentT is not null) DistillationPairLoss.CheckShape(tangentT, t, nameof(tangentT));
 
         using var scope = torch.NewDisposeScope();

@@ -1,3 +1,4 @@
+using MdtDist.Core;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -37,8 +38,7 @@ public sealed class FlowMatchingLoss
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(x0);
         ArgumentNullException.ThrowIfNull(t);
-        if (t.dim() != 1 || t.shape[0] != x0.BatchSize)
-            throw new ArgumentException($"t must have shape [{x0.BatchSize}], found [{string.Join(", ", t.shape)}].", nameof(t));
+        ArgumentChecks.PerSampleTime(t, x0.BatchSize);
         using (var bad = (t.lt(0) | t.gt(1) | t.isnan()).any())
             if (bad.item<bool>()) throw new ArgumentException("t has values outside [0, 1].", nameof(t));
         if (noise is not null && !noise.shape.SequenceEqual(x0.Data.shape))

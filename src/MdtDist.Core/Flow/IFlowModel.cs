@@ -14,6 +14,13 @@ public interface IFlowModel
     /// adapters can scale it exactly; cast it to the network's dtype where needed (<see cref="Latent.PerSample"/> does).</param>
     /// <param name="condition">Condition tokens (e.g. DINOv2 features <c>[B or 1, L, C]</c>), or null for an unconditional model.</param>
     Tensor Velocity(Latent x, Tensor t, Tensor? condition);
+
+    /// <summary>
+    /// The network evaluations one call of <see cref="Velocity"/> costs at time <paramref name="t"/>: 1 for a plain model
+    /// (the default); wrappers that call their model more than once (guidance) report their own count, so solvers count
+    /// evaluations without inspecting the model's type.
+    /// </summary>
+    int EvaluationsAt(double t) => 1;
 }
 
 /// <summary>An <see cref="IFlowModel"/> from a delegate (analytic velocity fields, tests, adapters).</summary>

@@ -56,8 +56,11 @@ public sealed class ClassifierFreeGuidance : IFlowModel
     /// <summary>True when guidance applies at time <paramref name="t"/>.</summary>
     public bool AppliesAt(double t) => Strength != 0 && t >= IntervalStart && t <= IntervalEnd;
 
-    /// <summary>Number of network evaluations this wrapper costs at time <paramref name="t"/> (1 or 2).</summary>
-    public int EvaluationsAt(double t) => AppliesAt(t) ? 2 : 1;
+    /// <summary>
+    /// Network evaluations this wrapper costs at time <paramref name="t"/>: twice the wrapped model's where guidance
+    /// applies (conditional + unconditional), once elsewhere.
+    /// </summary>
+    public int EvaluationsAt(double t) => (AppliesAt(t) ? 2 : 1) * Model.EvaluationsAt(t);
 
     /// <inheritdoc />
     public Tensor Velocity(Latent x, Tensor t, Tensor? condition)

@@ -125,7 +125,7 @@ public abstract class FlowSolver
             var v = model.Velocity(x, tt, condition);
             if (!v.shape.SequenceEqual(x.Data.shape))
                 throw new ArgumentException($"the model returned a velocity of shape [{string.Join(", ", v.shape)}] for a latent of shape [{string.Join(", ", x.Data.shape)}].", nameof(model));
-            evaluations += model is ClassifierFreeGuidance g ? g.EvaluationsAt(t) : 1;
+            evaluations += model.EvaluationsAt(t);
             return v;
         }
 

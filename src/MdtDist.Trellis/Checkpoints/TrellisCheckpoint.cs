@@ -12,7 +12,29 @@ namespace MdtDist.Trellis.Checkpoints;
 /// <summary>The content of a TRELLIS checkpoint config <c>NAME.json</c>: <c>{"name": class, "args": {...}}</c>.</summary>
 /// <param name="Name">The TRELLIS class name.</param>
 /// <param name="Args">The constructor keyword arguments.</param>
-public sealed record TrellisModelConfig(string Name, JsonObject Args);
+public sealed record TrellisModelConfig(string Name, JsonObject Args)
+{
+    /// <summary>Reads a whole config object <c>{"name": class, "args": {...}}</c> (<c>args</c> may be absent or null).</summary>
+    /// <param name="config">The JSON object.</param>
+    /// <param name="source">What the config is called in error messages (e.g. its file).</param>
+    /// <exception cref="InvalidDataException">Not an object, no string <c>name</c>, or <c>args</c> not an object.</exception>
+    public static TrellisModelConfig FromJson(JsonElement config, string source = "TRELLIS model config") =>
+        FromNode(config.ValueKind == JsonValueKind.Undefined ? null : JsonNode.Parse(config.GetRawText()), source);
+
+    internal static TrellisModelConfig FromNode(JsonNode? root, string source)
+    {
+        if (root is not JsonObject obj) throw new InvalidDataException($"{source} is not a JSON object.");
+        if (obj["name"] is not JsonValue nameValue || nameValue.GetValueKind() != JsonValueKind.String || nameValue.GetValue<string>() is not { Length: > 0 } name)
+            throw new InvalidDataException($"{source} has no string \"name\".");
+        var args = obj["args"] switch
+        {
+            null => new JsonObject(),
+            JsonObject a => (JsonObject)a.DeepClone(),
+            var other => throw new InvalidDataException($"{source}: \"args\" is not an object (found {other.GetValueKind()})."),
+        };
+        return new TrellisModelConfig(name, args);
+    }
+}
 
 /// <summary>Builds a network from the <c>args</c> of a checkpoint config.</summary>
 /// <param name="args">The constructor arguments.</param>
@@ -31,23 +53,30 @@ public static class TrellisCheckpoint
 {
     private static readonly ConcurrentDictionary<string, TrellisModelBuilder> Builders = new(StringComparer.Ordinal);
 
+    /// <summary>The .NET type of each built-in class (so a typed build rejects another class before building it).</summary>
+    private static readonly Dictionary<string, Type> BuiltInTypes = new(StringComparer.Ordinal)
+    {
+        [SparseStructureFlowConfig.ClassName] = typeof(SparseStructureFlowModel),
+        [SparseStructureEncoderConfig.ClassName] = typeof(SparseStructureEncoder),
+        [SparseStructureDecoderConfig.ClassName] = typeof(SparseStructureDecoder),
+        [SLatFlowConfig.ClassName] = typeof(SLatFlowModel),
+        [SLatFlowConfig.ElasticClassName] = typeof(ElasticSLatFlowModel),
+        [SLatEncoderConfig.ClassName] = typeof(SLatEncoder),
+        [SLatGaussianDecoderConfig.ClassName] = typeof(SLatGaussianDecoder),
+        [SLatMeshDecoderConfig.ClassName] = typeof(SLatMeshDecoder),
+    };
+
     static TrellisCheckpoint()
     {
         Register(SparseStructureFlowConfig.ClassName, (a, d, dev) => new SparseStructureFlowModel(SparseStructureFlowConfig.FromArgs(a), d, dev));
         Register(SparseStructureEncoderConfig.ClassName, (a, d, dev) => new SparseStructureEncoder(SparseStructureEncoderConfig.FromArgs(a), d, dev));
         Register(SparseStructureDecoderConfig.ClassName, (a, d, dev) => new SparseStructureDecoder(SparseStructureDecoderConfig.FromArgs(a), d, dev));
         // Stage 2 (the Elastic* classes have TRELLIS's identical forward; only training-time memory control differs).
-        Register("SLatFlowModel", (a, d, dev) => SLatFlowModel.FromConfig(Element(a), d, dev));
-        Register("ElasticSLatFlowModel", (a, d, dev) => ElasticSLatFlowModel.FromConfig(Element(a), d, dev));
-        Register("SLatEncoder", (a, d, dev) => SLatEncoder.FromConfig(Element(a), d, dev));
-        Register("SLatGaussianDecoder", (a, d, dev) => SLatGaussianDecoder.FromConfig(Element(a), d, dev));
-        Register("SLatMeshDecoder", (a, d, dev) => SLatMeshDecoder.FromConfig(Element(a), d, dev));
-    }
-
-    private static JsonElement Element(System.Text.Json.Nodes.JsonObject args)
-    {
-        using var doc = JsonDocument.Parse(args.ToJsonString());
-        return doc.RootElement.Clone();
+        Register(SLatFlowConfig.ClassName, (a, d, dev) => new SLatFlowModel(SLatFlowConfig.FromArgs(a), d, dev));
+        Register(SLatFlowConfig.ElasticClassName, (a, d, dev) => new ElasticSLatFlowModel(SLatFlowConfig.FromArgs(a, SLatFlowConfig.ElasticClassName), d, dev));
+        Register(SLatEncoderConfig.ClassName, (a, d, dev) => new SLatEncoder(SLatEncoderConfig.FromArgs(a), d, dev));
+        Register(SLatGaussianDecoderConfig.ClassName, (a, d, dev) => new SLatGaussianDecoder(SLatGaussianDecoderConfig.FromArgs(a), d, dev));
+        Register(SLatMeshDecoderConfig.ClassName, (a, d, dev) => new SLatMeshDecoder(SLatMeshDecoderConfig.FromArgs(a), d, dev));
     }
 
     /// <summary>Makes <paramref name="className"/> loadable (replacing an earlier builder of that name).</summary>
@@ -66,7 +95,7 @@ public static class TrellisCheckpoint
     /// The two files of a checkpoint: <paramref name="path"/> may be the common stem (<c>ckpts/NAME</c>, as TRELLIS's
     /// <c>from_pretrained</c>) or either file.
     /// </summary>
-    public static (string Json, string SafeTensors) ResolvePaths(string path)
+    internal static (string Json, string SafeTensors) ResolvePaths(string path)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         string stem = path;
@@ -85,48 +114,115 @@ public static class TrellisCheckpoint
         JsonNode? root;
         try { root = JsonNode.Parse(File.ReadAllText(json)); }
         catch (JsonException e) { throw new InvalidDataException($"TRELLIS checkpoint config '{json}' is not valid JSON: {e.Message}", e); }
-        if (root is not JsonObject obj) throw new InvalidDataException($"TRELLIS checkpoint config '{json}' is not a JSON object.");
-        if (obj["name"] is not JsonValue nameValue || !nameValue.TryGetValue<string>(out var name) || string.IsNullOrEmpty(name))
-            throw new InvalidDataException($"TRELLIS checkpoint config '{json}' has no string \"name\".");
-        var args = obj["args"] switch
-        {
-            null => new JsonObject(),
-            JsonObject a => (JsonObject)a.DeepClone(),
-            _ => throw new InvalidDataException($"TRELLIS checkpoint config '{json}': \"args\" is not an object."),
-        };
-        return new TrellisModelConfig(name, args);
+        return TrellisModelConfig.FromNode(root, $"TRELLIS checkpoint config '{json}'");
     }
 
-    /// <summary>Builds the network a config describes, with fresh (untrained) weights.</summary>
-    /// <exception cref="NotSupportedException">The class is not registered.</exception>
-    /// <exception cref="ArgumentException">Invalid arguments (all listed).</exception>
-    public static nn.Module Build(TrellisModelConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+    /// <summary>
+    /// Builds the network a config describes, with fresh (untrained) weights. The config is read and range-checked
+    /// first, and the network is built on the meta device (no memory) to count its tensor elements against
+    /// <paramref name="maxElements"/> before anything is allocated.
+    /// </summary>
+    /// <param name="config">Class name and constructor arguments.</param>
+    /// <param name="dtype">Parameter dtype (float32 by default).</param>
+    /// <param name="device">Target device (CPU by default; <c>torch.META</c> builds shapes only).</param>
+    /// <param name="maxElements">The most tensor elements (parameters + buffers) the network may hold
+    /// (<see cref="TrellisConfigLimits.DefaultMaxElements"/> by default; raise it for a genuinely larger model).</param>
+    /// <exception cref="NotSupportedException">The class is not registered, or an argument value TRELLIS itself cannot run.</exception>
+    /// <exception cref="ArgumentException">Invalid arguments (all listed), or a network larger than <paramref name="maxElements"/>.</exception>
+    public static nn.Module Build(TrellisModelConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null,
+        long maxElements = TrellisConfigLimits.DefaultMaxElements)
     {
         ArgumentNullException.ThrowIfNull(config);
-        if (!Builders.TryGetValue(config.Name, out var builder))
-            throw new NotSupportedException($"TRELLIS class '{config.Name}' is not supported; known classes: {string.Join(", ", RegisteredClasses)}.");
+        var builder = BuilderOf(config);
+        var shape = BuildShape(config, builder, dtype, maxElements);
+        if (device is { type: DeviceType.META }) return shape;
+        shape.Dispose();
         return builder((JsonObject)config.Args.DeepClone(), dtype, device);
+    }
+
+    /// <summary>As <see cref="Build(TrellisModelConfig, ScalarType, Device?, long)"/>, typed.</summary>
+    /// <exception cref="ArgumentException">The config names another class (or any reason of the untyped overload).</exception>
+    public static T Build<T>(TrellisModelConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null,
+        long maxElements = TrellisConfigLimits.DefaultMaxElements) where T : nn.Module
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (BuiltInTypes.TryGetValue(config.Name, out var type) && !typeof(T).IsAssignableFrom(type))
+            throw new ArgumentException($"config names class '{config.Name}', which is not a {typeof(T).Name}.", nameof(config));
+        var m = Build(config, dtype, device, maxElements);
+        if (m is T t) return t;
+        m.Dispose();
+        throw new ArgumentException($"config names class '{config.Name}', which is not a {typeof(T).Name}.", nameof(config));
+    }
+
+    private static TrellisModelBuilder BuilderOf(TrellisModelConfig config) =>
+        Builders.TryGetValue(config.Name, out var builder) ? builder
+        : throw new NotSupportedException($"TRELLIS class '{config.Name}' is not supported; known classes: {string.Join(", ", RegisteredClasses)}.");
+
+    /// <summary>Builds <paramref name="config"/> on the meta device and checks its element count.</summary>
+    private static nn.Module BuildShape(TrellisModelConfig config, TrellisModelBuilder builder, ScalarType dtype, long maxElements)
+    {
+        if (maxElements < 1) throw new ArgumentException($"maxElements must be >= 1, got {maxElements}.", nameof(maxElements));
+        var shape = builder((JsonObject)config.Args.DeepClone(), dtype, torch.META);
+        try
+        {
+            long count = 0;
+            bool overflow = false;
+            foreach (var (_, t) in shape.state_dict())
+            {
+                try { count = checked(count + t.shape.Aggregate(1L, (a, b) => checked(a * b))); }
+                catch (OverflowException) { overflow = true; break; }
+            }
+            if (overflow || count > maxElements)
+                throw new ArgumentException(
+                    $"a {config.Name} with these arguments holds {(overflow ? "more than 2^63" : count.ToString("N0", System.Globalization.CultureInfo.InvariantCulture))} " +
+                    $"tensor elements, more than the bound of {maxElements.ToString("N0", System.Globalization.CultureInfo.InvariantCulture)} " +
+                    "(pass a larger maxElements to build a genuinely larger model).", nameof(config));
+            return shape;
+        }
+        catch
+        {
+            shape.Dispose();
+            throw;
+        }
     }
 
     /// <summary>
     /// Loads a checkpoint pair: builds the network from <c>NAME.json</c> in <paramref name="dtype"/> on
     /// <paramref name="device"/> and copies the weights of <c>NAME.safetensors</c> into it (converting from the stored dtype).
+    /// Nothing is allocated before the config is validated, the network's size is checked against
+    /// <paramref name="maxElements"/> and every tensor shape is compared with the weight file's header.
     /// </summary>
     /// <param name="path">The stem <c>ckpts/NAME</c> or either file.</param>
     /// <param name="dtype">Parameter dtype (float32 by default).</param>
     /// <param name="device">Target device (CPU by default).</param>
     /// <param name="strict">Report missing and unexpected tensors (mis-shaped ones are always reported).</param>
+    /// <param name="maxElements">The most tensor elements the network may hold (see <see cref="TrellisConfigLimits.DefaultMaxElements"/>).</param>
     /// <exception cref="FileNotFoundException">A file is missing.</exception>
-    /// <exception cref="InvalidDataException">A corrupt or truncated file.</exception>
+    /// <exception cref="InvalidDataException">A corrupt or truncated file, or a config whose arguments are invalid (the
+    /// message names the file and every bad key) or describe a network larger than <paramref name="maxElements"/>.</exception>
+    /// <exception cref="NotSupportedException">The config names a class that is not registered, or a setting TRELLIS itself cannot run.</exception>
     /// <exception cref="StateDictMismatchException">The weights do not fit the network.</exception>
-    public static nn.Module Load(string path, ScalarType dtype = ScalarType.Float32, Device? device = null, bool strict = true)
+    public static nn.Module Load(string path, ScalarType dtype = ScalarType.Float32, Device? device = null, bool strict = true,
+        long maxElements = TrellisConfigLimits.DefaultMaxElements)
     {
-        var (_, st) = ResolvePaths(path);
+        var (json, st) = ResolvePaths(path);
         var config = ReadConfig(path);
         if (!File.Exists(st)) throw new FileNotFoundException($"TRELLIS checkpoint weights '{st}' do not exist.", st);
-        // Validate the weight file's header before building a possibly large network.
-        SafeTensors.ReadHeader(st);
-        var model = Build(config, dtype, device);
+        // Validate the weight file's header, the config and the shapes before building the real (possibly large) network.
+        var found = HeaderShapes(st);
+        TrellisModelBuilder builder;
+        try { builder = BuilderOf(config); }
+        catch (NotSupportedException e) { throw new NotSupportedException($"TRELLIS checkpoint config '{json}': {e.Message}", e); }
+        try
+        {
+            using var shape = BuildShape(config, builder, dtype, maxElements);
+            Check(shape, found, strict, $"'{st}'");
+        }
+        catch (ArgumentException e) when (e.ParamName is not nameof(maxElements))
+        {
+            throw new InvalidDataException($"TRELLIS checkpoint config '{json}': {e.Message}", e);
+        }
+        var model = builder((JsonObject)config.Args.DeepClone(), dtype, device);
         try
         {
             LoadWeights(model, st, strict);
@@ -139,24 +235,33 @@ public static class TrellisCheckpoint
         return model;
     }
 
-    /// <summary>As <see cref="Load"/>, typed.</summary>
+    /// <summary>As <see cref="Load(string, ScalarType, Device?, bool, long)"/>, typed.</summary>
     /// <exception cref="InvalidDataException">The checkpoint holds another class.</exception>
-    public static T Load<T>(string path, ScalarType dtype = ScalarType.Float32, Device? device = null, bool strict = true) where T : nn.Module
+    public static T Load<T>(string path, ScalarType dtype = ScalarType.Float32, Device? device = null, bool strict = true,
+        long maxElements = TrellisConfigLimits.DefaultMaxElements) where T : nn.Module
     {
-        var m = Load(path, dtype, device, strict);
+        var m = Load(path, dtype, device, strict, maxElements);
         if (m is T t) return t;
         var name = (m as ITrellisModel)?.TrellisClassName ?? m.GetType().Name;
         m.Dispose();
         throw new InvalidDataException($"checkpoint '{path}' holds a {name}, not a {typeof(T).Name}.");
     }
 
+    private static Dictionary<string, (long[] Shape, ScalarType DType)> HeaderShapes(string safetensorsPath)
+    {
+        var (infos, _, _) = SafeTensors.ReadHeader(safetensorsPath);
+        var found = new Dictionary<string, (long[] Shape, ScalarType DType)>(StringComparer.Ordinal);
+        foreach (var i in infos)
+            if (!found.TryAdd(i.Name, (i.Shape, DTypeOf(i.DType))))
+                throw new InvalidDataException($"safetensors file '{safetensorsPath}' holds tensor '{i.Name}' twice.");
+        return found;
+    }
+
     /// <summary>Loads the weights of a safetensors file into <paramref name="model"/> (checked first; see <see cref="LoadStateDict"/>).</summary>
     public static void LoadWeights(nn.Module model, string safetensorsPath, bool strict = true)
     {
         ArgumentNullException.ThrowIfNull(model);
-        var (infos, _, _) = SafeTensors.ReadHeader(safetensorsPath);
-        var found = infos.ToDictionary(i => i.Name, i => (i.Shape, DTypeOf(i.DType)));
-        Check(model, found, strict, $"'{safetensorsPath}'");
+        Check(model, HeaderShapes(safetensorsPath), strict, $"'{safetensorsPath}'");
         var tensors = SafeTensors.Load(safetensorsPath);
         try
         {

@@ -129,10 +129,10 @@ public sealed class Dinov2Model : nn.Module<Tensor, Tensor>
         using var scope = torch.NewDisposeScope();
         var pe = pos_embed.detach();
         var ct = Precision.AtLeastFloat32(pe.dtype);  // DINOv2 resamples pos_embed.float()
-        var patch = Precision.Cast(pe[0, TensorIndex.Slice(1)], ct).reshape(m, m, -1);
+        var patch = Precision.As(pe[0, TensorIndex.Slice(1)], ct).reshape(m, m, -1);
         var resampled = AntialiasResampler.BicubicAntialias(patch, (int)rows, (int)cols).reshape(1, rows * cols, -1);
-        var cls = Precision.Cast(pe[TensorIndex.Colon, TensorIndex.Slice(0, 1)], ct);
-        return Precision.Cast(torch.cat(new[] { cls, resampled }, 1), pe.dtype).MoveToOuterDisposeScope();
+        var cls = Precision.As(pe[TensorIndex.Colon, TensorIndex.Slice(0, 1)], ct);
+        return Precision.As(torch.cat(new[] { cls, resampled }, 1), pe.dtype).MoveToOuterDisposeScope();
     }
 
     private Tensor Tokens(Tensor image)

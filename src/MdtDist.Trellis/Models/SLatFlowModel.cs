@@ -1,140 +1,13 @@
+using MdtDist.Core;
 using MdtDist.Trellis.Modules;
-using System.Text.Json;
+using System.Text.Json.Nodes;
+using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Sparse;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace MdtDist.Trellis.Models;
-
-/// <summary>The constructor arguments of TRELLIS's <c>SLatFlowModel</c> (names as in <c>ckpts/slat_flow_*.json</c>).</summary>
-public sealed record SLatFlowConfig
-{
-    /// <summary>Grid resolution of the input sites (64 in TRELLIS).</summary>
-    public required int Resolution { get; init; }
-    /// <summary>Latent channels in.</summary>
-    public required int InChannels { get; init; }
-    /// <summary>Transformer width.</summary>
-    public required int ModelChannels { get; init; }
-    /// <summary>Condition token width (1024 for DINOv2 ViT-L).</summary>
-    public required int CondChannels { get; init; }
-    /// <summary>Latent channels out.</summary>
-    public required int OutChannels { get; init; }
-    /// <summary>Transformer blocks.</summary>
-    public required int NumBlocks { get; init; }
-    /// <summary>Attention heads (default: model_channels / num_head_channels).</summary>
-    public int? NumHeads { get; init; }
-    /// <summary>Channels per head when <see cref="NumHeads"/> is not given.</summary>
-    public int NumHeadChannels { get; init; } = 64;
-    /// <summary>MLP hidden ratio.</summary>
-    public double MlpRatio { get; init; } = 4;
-    /// <summary>Down-sampling factor of the IO blocks (2^len(io_block_channels)).</summary>
-    public int PatchSize { get; init; } = 2;
-    /// <summary>Residual blocks per IO stage.</summary>
-    public int NumIoResBlocks { get; init; } = 2;
-    /// <summary>Channels of each IO stage, or null for none.</summary>
-    public IReadOnlyList<int>? IoBlockChannels { get; init; }
-    /// <summary>Position embedding ("ape" only).</summary>
-    public string PeMode { get; init; } = "ape";
-    /// <summary>TRELLIS's fp16 flag; recorded only (precision is chosen by the dtype given to the model).</summary>
-    public bool UseFp16 { get; init; }
-    /// <summary>Gradient checkpointing flag; recorded only.</summary>
-    public bool UseCheckpoint { get; init; }
-    /// <summary>Concatenate the IO-stage skips into the output blocks.</summary>
-    public bool UseSkipConnection { get; init; } = true;
-    /// <summary>One model-level adaLN modulation shared by all blocks.</summary>
-    public bool ShareMod { get; init; }
-    /// <summary>RMS-normalise q and k in self-attention.</summary>
-    public bool QkRmsNorm { get; init; }
-    /// <summary>RMS-normalise q and k in cross-attention (broken in TRELLIS; rejected).</summary>
-    public bool QkRmsNormCross { get; init; }
-
-    /// <summary>Number of heads actually used.</summary>
-    public int Heads => NumHeads ?? ModelChannels / NumHeadChannels;
-
-    /// <summary>Reads a TRELLIS config (<c>args</c> object, or the whole <c>{"name", "args"}</c>).</summary>
-    /// <exception cref="ArgumentException">Missing, mistyped or unknown arguments.</exception>
-    public static SLatFlowConfig FromJson(JsonElement args)
-    {
-        var a = new ModelArgs(args, "SLatFlowModel", "ElasticSLatFlowModel");
-        var c = new SLatFlowConfig
-        {
-            Resolution = a.Int("resolution"),
-            InChannels = a.Int("in_channels"),
-            ModelChannels = a.Int("model_channels"),
-            CondChannels = a.Int("cond_channels"),
-            OutChannels = a.Int("out_channels"),
-            NumBlocks = a.Int("num_blocks"),
-            NumHeads = a.IntOrNull("num_heads", null),
-            NumHeadChannels = a.Int("num_head_channels", 64),
-            MlpRatio = a.Double("mlp_ratio", 4),
-            PatchSize = a.Int("patch_size", 2),
-            NumIoResBlocks = a.Int("num_io_res_blocks", 2),
-            IoBlockChannels = a.IntList("io_block_channels"),
-            PeMode = a.String("pe_mode", "ape"),
-            UseFp16 = a.Bool("use_fp16", false),
-            UseCheckpoint = a.Bool("use_checkpoint", false),
-            UseSkipConnection = a.Bool("use_skip_connection", true),
-            ShareMod = a.Bool("share_mod", false),
-            QkRmsNorm = a.Bool("qk_rms_norm", false),
-            QkRmsNormCross = a.Bool("qk_rms_norm_cross", false),
-        };
-        a.RejectUnknown();
-        return c;
-    }
-
-    /// <summary>The TRELLIS constructor arguments (Python keyword names) of this config, as a checkpoint's <c>args</c>.</summary>
-    public System.Text.Json.Nodes.JsonObject ToArgs()
-    {
-        var o = new System.Text.Json.Nodes.JsonObject
-        {
-            ["resolution"] = Resolution, ["in_channels"] = InChannels, ["model_channels"] = ModelChannels,
-            ["cond_channels"] = CondChannels, ["out_channels"] = OutChannels, ["num_blocks"] = NumBlocks,
-        };
-        if (NumHeads is { } h) o["num_heads"] = h;
-        o["num_head_channels"] = NumHeadChannels;
-        o["mlp_ratio"] = MlpRatio;
-        o["patch_size"] = PatchSize;
-        o["num_io_res_blocks"] = NumIoResBlocks;
-        if (IoBlockChannels is { } io) o["io_block_channels"] = new System.Text.Json.Nodes.JsonArray(io.Select(c => (System.Text.Json.Nodes.JsonNode?)c).ToArray());
-        o["pe_mode"] = PeMode;
-        o["use_fp16"] = UseFp16;
-        o["use_checkpoint"] = UseCheckpoint;
-        o["use_skip_connection"] = UseSkipConnection;
-        o["share_mod"] = ShareMod;
-        o["qk_rms_norm"] = QkRmsNorm;
-        o["qk_rms_norm_cross"] = QkRmsNormCross;
-        return o;
-    }
-
-    /// <summary>Checks the arguments as TRELLIS's constructor does, and rejects the combinations TRELLIS cannot run.</summary>
-    /// <exception cref="ArgumentException">The configuration is invalid or unsupported.</exception>
-    public void Validate()
-    {
-        if (Resolution < 1 || InChannels < 1 || OutChannels < 1 || ModelChannels < 1 || CondChannels < 1 || NumBlocks < 0)
-            throw new ArgumentException($"invalid SLatFlowModel sizes: resolution {Resolution}, in {InChannels}, out {OutChannels}, model {ModelChannels}, cond {CondChannels}, blocks {NumBlocks}.");
-        if (Heads < 1 || ModelChannels % Heads != 0)
-            throw new ArgumentException($"model_channels {ModelChannels} is not divisible into {Heads} heads.");
-        if (PeMode != "ape")
-            throw new ArgumentException($"pe_mode '{PeMode}' is not supported (only 'ape'; no released TRELLIS config uses 'rope').");
-        if (QkRmsNormCross)
-            throw new ArgumentException("qk_rms_norm_cross=true is broken in TRELLIS's sparse cross-attention with a dense context and no released config uses it; it is not supported.");
-        if (IoBlockChannels is { } io)
-        {
-            if (PatchSize < 1 || (PatchSize & (PatchSize - 1)) != 0)
-                throw new ArgumentException($"patch_size must be a power of 2, found {PatchSize}.");
-            int stages = System.Numerics.BitOperations.Log2((uint)PatchSize);
-            if (stages != io.Count)
-                throw new ArgumentException($"log2(patch_size) = {stages} must equal the number of io_block_channels ({io.Count}).");
-            if (NumIoResBlocks < 1)
-                throw new ArgumentException($"num_io_res_blocks must be >= 1, found {NumIoResBlocks}.");
-            if (io.Any(ch => ch < 1))
-                throw new ArgumentException($"io_block_channels must be positive, found [{string.Join(", ", io)}].");
-            if (ShareMod)
-                throw new ArgumentException("share_mod=true with io_block_channels crashes in TRELLIS (the IO blocks receive the 6C modulation instead of t_emb); it is not supported.");
-        }
-    }
-}
 
 /// <summary>
 /// TRELLIS's <c>SparseResBlock3d</c>: <c>x = up/down(x); h = conv1(SiLU(norm1(x))); h = norm2(h)·(1 + scale) + shift;
@@ -164,12 +37,8 @@ internal sealed class SparseResBlock3d : nn.Module
         norm2 = new LayerNorm32(outChannels, false, 1e-6, dtype, device);
         conv1 = new SparseConv3d(channels, outChannels, 3, true, dtype, device);
         conv2 = new SparseConv3d(outChannels, outChannels, 3, true, dtype, device);
-        if (!conv2.conv.weight.is_meta)
-            using (torch.no_grad())
-            {
-                conv2.conv.weight.zero_();
-                conv2.conv.bias?.zero_();
-            }
+        Init.Zero(conv2.conv.weight);
+        Init.Zero(conv2.conv.bias);
         emb_layers = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(embChannels, 2 * outChannels, true, device, dtype)));
         skip_connection = channels != outChannels ? nn.Linear(channels, outChannels, true, device, dtype) : null;
         RegisterComponents();
@@ -204,22 +73,25 @@ internal sealed class SparseResBlock3d : nn.Module
 /// condition tokens), residual output blocks that up-sample back (concatenating the skips), a parameter-free
 /// LayerNorm and the output layer. Parameter names match TRELLIS's state_dict.
 /// </summary>
-public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisModel
+public class SLatFlowModel : nn.Module<SparseTensor, Tensor, Tensor, SparseTensor>, ITrellisModel
 {
 #pragma warning disable IDE1006
-    private MdtDist.Trellis.Modules.TimestepEmbedder t_embedder;
-    private Sequential? adaLN_modulation;
-    private Linear input_layer;
-    private ModuleList<SparseResBlock3d> input_blocks;
-    private ModuleList<ModulatedSparseTransformerCrossBlock> blocks;
-    private ModuleList<SparseResBlock3d> out_blocks;
-    private Linear out_layer;
+    private readonly TimestepEmbedder t_embedder;
+    private readonly Sequential? adaLN_modulation;
+    private readonly Linear input_layer;
+    private readonly ModuleList<SparseResBlock3d> input_blocks;
+    private readonly ModuleList<ModulatedSparseTransformerCrossBlock> blocks;
+    private readonly ModuleList<SparseResBlock3d> out_blocks;
+    private readonly Linear out_layer;
 #pragma warning restore IDE1006
 
-    /// <summary>Builds the network; every parameter in <paramref name="dtype"/> on <paramref name="device"/> (the meta device builds shapes only).</summary>
-    /// <exception cref="ArgumentException">The configuration is invalid or unsupported (see <see cref="SLatFlowConfig.Validate"/>).</exception>
+    /// <summary>Builds the network with TRELLIS's <c>initialize_weights</c> (use a checkpoint for real weights).</summary>
+    /// <param name="config">The constructor arguments.</param>
+    /// <param name="dtype">Parameter dtype: float32 (default), float64, float16 or bfloat16.</param>
+    /// <param name="device">Device (CPU by default; the meta device builds shapes only).</param>
+    /// <exception cref="ArgumentException">The configuration is invalid or unsupported (see <see cref="SLatFlowConfig.Validate"/>), or the dtype is not floating.</exception>
     public SLatFlowModel(SLatFlowConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
-        : this(config, dtype, device, nameof(SLatFlowModel))
+        : this(config, dtype, device, SLatFlowConfig.ClassName)
     {
     }
 
@@ -228,12 +100,13 @@ public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisMode
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
+        Precision.RequireFloat(dtype, nameof(dtype));
         Config = config;
         long c = config.ModelChannels;
-        int heads = config.Heads;
+        int heads = (int)config.Heads;
         var io = config.IoBlockChannels;
 
-        t_embedder = new MdtDist.Trellis.Modules.TimestepEmbedder(c, 256, dtype, device);
+        t_embedder = new TimestepEmbedder(c, 256, dtype, device);
         if (config.ShareMod)
             adaLN_modulation = nn.Sequential(("0", nn.SiLU()), ("1", nn.Linear(c, 6 * c, true, device, dtype)));
         input_layer = nn.Linear(config.InChannels, io is null ? c : io[0], true, device, dtype);
@@ -269,25 +142,20 @@ public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisMode
         InitializeWeights();
     }
 
-    /// <summary>
-    /// Builds the network from a TRELLIS config: the <c>args</c> object of <c>ckpts/NAME.json</c>, or the whole
-    /// <c>{"name": "SLatFlowModel", "args": {...}}</c>.
-    /// </summary>
-    /// <exception cref="ArgumentException">Missing, unknown or unsupported arguments.</exception>
-    public static SLatFlowModel FromConfig(JsonElement args, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
-        new(SLatFlowConfig.FromJson(args), dtype, device);
-
     /// <summary>The configuration.</summary>
     public SLatFlowConfig Config { get; }
 
     /// <inheritdoc />
-    public virtual string TrellisClassName => "SLatFlowModel";
+    public virtual string TrellisClassName => SLatFlowConfig.ClassName;
 
     /// <inheritdoc />
-    public System.Text.Json.Nodes.JsonObject ToConfigArgs() => Config.ToArgs();
+    public JsonObject ToConfigArgs() => Config.ToArgs();
+
+    /// <inheritdoc />
+    public ScalarType DType => input_layer.weight.dtype;
 
     /// <summary>The dtype of the IO blocks and transformer blocks (TRELLIS's <c>self.dtype</c>).</summary>
-    public ScalarType TorsoDtype =>
+    public ScalarType TorsoDType =>
         blocks.Count > 0 ? blocks[0].self_attn.to_out.weight.dtype
         : input_blocks.Count > 0 ? input_blocks[0].conv1.conv.weight.dtype
         : input_layer.weight.dtype;
@@ -296,8 +164,9 @@ public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisMode
     /// Converts the linear and convolution weights of the IO blocks and transformer blocks to <paramref name="dtype"/>
     /// (TRELLIS's <c>convert_to_fp16</c> with float16); norms stay as they are and compute in at least float32.
     /// </summary>
-    public void ConvertTorso(ScalarType dtype)
+    public void SetTorsoDType(ScalarType dtype)
     {
+        Precision.RequireFloat(dtype, nameof(dtype));
         foreach (var list in new nn.Module[] { input_blocks, blocks, out_blocks })
             foreach (var m in list.modules())
                 if (m is Linear or SubMConv3dWeights) m.to(dtype);
@@ -309,7 +178,7 @@ public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisMode
     /// <param name="cond">Condition tokens <c>[B, L, cond_channels]</c>.</param>
     /// <returns>The prediction on the same sites, rows in the input order, in the dtype of <paramref name="x"/>.</returns>
     /// <exception cref="ArgumentException">Shapes do not match the configuration, or coordinates lie outside the grid.</exception>
-    public SparseTensor Forward(SparseTensor x, Tensor t, Tensor cond)
+    public override SparseTensor forward(SparseTensor x, Tensor t, Tensor cond)
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(t);
@@ -319,13 +188,12 @@ public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisMode
             throw new ArgumentException($"x feats must be [N, {cfg.InChannels}], found [{string.Join(", ", x.Feats.shape)}].", nameof(x));
         if (x.Coordinates.MaxCoordinate >= cfg.Resolution)
             throw new ArgumentException($"x coords reach {x.Coordinates.MaxCoordinate}, outside the model's grid [0, {cfg.Resolution}).", nameof(x));
-        if (t.dim() != 1 || t.shape[0] != x.BatchSize)
-            throw new ArgumentException($"t must be [B={x.BatchSize}], found [{string.Join(", ", t.shape)}].", nameof(t));
+        ArgumentChecks.PerSampleTime(t, x.BatchSize);
         if (cond.dim() != 3 || cond.shape[0] != x.BatchSize || cond.shape[2] != cfg.CondChannels)
             throw new ArgumentException($"cond must be [B={x.BatchSize}, L, cond_channels={cfg.CondChannels}], found [{string.Join(", ", cond.shape)}].", nameof(cond));
 
         using var scope = torch.NewDisposeScope();
-        var torso = TorsoDtype;
+        var torso = TorsoDType;
         var h = x.ReplaceFeats(input_layer.forward(x.Feats.As(input_layer.weight.dtype)).As(torso));
         var tEmb = t_embedder.forward(t.to(x.Device));
         if (adaLN_modulation is not null) tEmb = adaLN_modulation.forward(tEmb);
@@ -369,16 +237,16 @@ public class SLatFlowModel : nn.Module, MdtDist.Trellis.Checkpoints.ITrellisMode
             if (m is Linear l)
             {
                 nn.init.xavier_uniform_(l.weight);
-                l.bias?.zero_();
+                Init.Zero(l.bias);
             }
         foreach (var l in t_embedder.Linears()) nn.init.normal_(l.weight, 0, 0.02);
         if (adaLN_modulation is not null)
-            foreach (var p in adaLN_modulation.parameters()) p.zero_();
+            foreach (var p in adaLN_modulation.parameters()) Init.Zero(p);
         foreach (var b in blocks)
             if (b.adaLN_modulation is not null)
-                foreach (var p in b.adaLN_modulation.parameters()) p.zero_();
-        out_layer.weight.zero_();
-        out_layer.bias?.zero_();
+                foreach (var p in b.adaLN_modulation.parameters()) Init.Zero(p);
+        Init.Zero(out_layer.weight);
+        Init.Zero(out_layer.bias);
     }
 }
 
@@ -391,14 +259,10 @@ public sealed class ElasticSLatFlowModel : SLatFlowModel
 {
     /// <summary>Builds the network.</summary>
     public ElasticSLatFlowModel(SLatFlowConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
-        : base(config, dtype, device, nameof(ElasticSLatFlowModel))
+        : base(config, dtype, device, SLatFlowConfig.ElasticClassName)
     {
     }
 
-    /// <summary>Builds the network from a TRELLIS config (see <see cref="SLatFlowModel.FromConfig"/>).</summary>
-    public static new ElasticSLatFlowModel FromConfig(JsonElement args, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
-        new(SLatFlowConfig.FromJson(args), dtype, device);
-
     /// <inheritdoc />
-    public override string TrellisClassName => "ElasticSLatFlowModel";
+    public override string TrellisClassName => SLatFlowConfig.ElasticClassName;
 }

@@ -1,5 +1,6 @@
 using MdtDist.Trellis.Modules;
-using System.Text.Json;
+using System.Text.Json.Nodes;
+using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Representations;
 using MdtDist.Trellis.Sparse;
 using TorchSharp;
@@ -51,80 +52,73 @@ public sealed record GaussianRepresentationConfig(
     /// Reads TRELLIS's <c>representation_config</c> object. Required: <c>lr</c> (with <c>_xyz</c>, <c>_features_dc</c>,
     /// <c>_scaling</c>, <c>_rotation</c>, <c>_opacity</c>), <c>perturb_offset</c>, <c>voxel_size</c>, <c>num_gaussians</c>,
     /// <c>3d_filter_kernel_size</c>, <c>scaling_bias</c>, <c>opacity_bias</c>, <c>scaling_activation</c>; optional
-    /// <c>2d_filter_kernel_size</c>. Other keys are ignored, as TRELLIS ignores them.
+    /// <c>2d_filter_kernel_size</c>. Other keys are ignored, as TRELLIS ignores them. Problems are recorded in
+    /// <paramref name="a"/> (reported by its owner's <c>Finish</c>).
     /// </summary>
-    /// <exception cref="ArgumentException">A required key is missing or has the wrong type or value.</exception>
-    public static GaussianRepresentationConfig FromJson(JsonElement config)
+    internal static GaussianRepresentationConfig Read(ConfigArgs a)
     {
-        if (config.ValueKind != JsonValueKind.Object)
-            throw new ArgumentException($"representation_config must be a JSON object, found {config.ValueKind}.", nameof(config));
-        JsonElement Get(JsonElement obj, string key, string where) =>
-            obj.TryGetProperty(key, out var v) && v.ValueKind != JsonValueKind.Null ? v
-            : throw new ArgumentException($"{where} is missing the required key '{key}'.", nameof(config));
-        double Num(JsonElement obj, string key, string where)
-        {
-            var v = Get(obj, key, where);
-            return v.ValueKind == JsonValueKind.Number ? v.GetDouble()
-                : throw new ArgumentException($"{where}: '{key}' must be a number, found {v.ValueKind} {v.GetRawText()}.", nameof(config));
-        }
-        const string rc = "representation_config";
-        var lr = Get(config, "lr", rc);
-        if (lr.ValueKind != JsonValueKind.Object) throw new ArgumentException($"{rc}: 'lr' must be an object, found {lr.ValueKind}.", nameof(config));
-        var perturb = Get(config, "perturb_offset", rc);
-        if (perturb.ValueKind is not (JsonValueKind.True or JsonValueKind.False))
-            throw new ArgumentException($"{rc}: 'perturb_offset' must be true or false, found {perturb.GetRawText()}.", nameof(config));
-        double g = Num(config, "num_gaussians", rc);
-        if (g != Math.Floor(g) || g < 1 || g > int.MaxValue / 14)
-            throw new ArgumentException($"{rc}: 'num_gaussians' must be a positive integer, found {g}.", nameof(config));
-        var act = Get(config, "scaling_activation", rc).GetString() switch
+        var lr = a.Object("lr", required: true, ignoreUnknown: true);
+        long g = a.Int("num_gaussians");
+        var act = a.String("scaling_activation");
+        var activation = act switch
         {
             "softplus" => GaussianScalingActivation.Softplus,
             "exp" => GaussianScalingActivation.Exp,
-            var s => throw new ArgumentException($"{rc}: 'scaling_activation' must be 'softplus' or 'exp', found '{s}'.", nameof(config)),
+            _ => (GaussianScalingActivation?)null,
         };
-        double? f2 = config.TryGetProperty("2d_filter_kernel_size", out var f2e) && f2e.ValueKind == JsonValueKind.Number ? f2e.GetDouble() : null;
-        var result = new GaussianRepresentationConfig((int)g, Num(config, "voxel_size", rc), perturb.ValueKind == JsonValueKind.True,
-            Num(lr, "_xyz", rc + ".lr"), Num(lr, "_features_dc", rc + ".lr"), Num(lr, "_scaling", rc + ".lr"), Num(lr, "_rotation", rc + ".lr"),
-            Num(lr, "_opacity", rc + ".lr"), Num(config, "3d_filter_kernel_size", rc), Num(config, "scaling_bias", rc),
-            Num(config, "opacity_bias", rc), act, f2);
-        result.Validate();
+        var result = new GaussianRepresentationConfig(
+            (int)Math.Clamp(g, 0, TrellisConfigLimits.MaxGaussians + 1), a.Double("voxel_size"), a.Bool("perturb_offset"),
+            lr?.Double("_xyz") ?? 1, lr?.Double("_features_dc") ?? 1, lr?.Double("_scaling") ?? 1, lr?.Double("_rotation") ?? 1, lr?.Double("_opacity") ?? 1,
+            a.Double("3d_filter_kernel_size"), a.Double("scaling_bias"), a.Double("opacity_bias"),
+            activation ?? GaussianScalingActivation.Softplus, a.DoubleOrNull("2d_filter_kernel_size"));
+        if (activation is null && act.Length > 0) a.Reject("scaling_activation", $"'{act}' is not 'softplus' or 'exp'");
+        if (g < 1 || g > TrellisConfigLimits.MaxGaussians) a.Reject("num_gaussians", $"{g} is not in [1, {TrellisConfigLimits.MaxGaussians}]");
         return result;
     }
+
+    /// <summary>The <c>representation_config</c> object (TRELLIS's keys).</summary>
+    public JsonObject ToJson() => new()
+    {
+        ["lr"] = new JsonObject
+        {
+            ["_xyz"] = LrXyz, ["_features_dc"] = LrFeaturesDc, ["_opacity"] = LrOpacity, ["_scaling"] = LrScaling, ["_rotation"] = LrRotation,
+        },
+        ["perturb_offset"] = PerturbOffset,
+        ["voxel_size"] = VoxelSize,
+        ["num_gaussians"] = NumGaussians,
+        ["2d_filter_kernel_size"] = FilterKernelSize2D,
+        ["3d_filter_kernel_size"] = FilterKernelSize3D,
+        ["scaling_bias"] = ScalingBias,
+        ["opacity_bias"] = OpacityBias,
+        ["scaling_activation"] = ScalingActivation == GaussianScalingActivation.Exp ? "exp" : "softplus",
+    };
 
     /// <summary>Throws when a value is out of its domain.</summary>
     internal void Validate()
     {
-        if (NumGaussians < 1) throw new ArgumentException($"NumGaussians must be >= 1, found {NumGaussians}.", nameof(NumGaussians));
-        // 2h - 1 reaches -1 (the first point is 0), so atanh((2h - 1) / voxel_size) needs voxel_size >= 1 (TRELLIS uses 1.5).
-        if (!(VoxelSize > 0) || !double.IsFinite(VoxelSize))
-            throw new ArgumentException($"VoxelSize must be a finite value > 0, found {VoxelSize}.", nameof(VoxelSize));
-        if (PerturbOffset && VoxelSize < 1)
-            throw new ArgumentException($"with PerturbOffset, VoxelSize must be >= 1 (the Hammersley offsets are atanh((2h - 1) / voxel_size)), found {VoxelSize}.", nameof(VoxelSize));
-        if (!(FilterKernelSize3D >= 0)) throw new ArgumentException($"FilterKernelSize3D must be >= 0, found {FilterKernelSize3D}.", nameof(FilterKernelSize3D));
-        if (!(ScalingBias > 0)) throw new ArgumentException($"ScalingBias must be > 0, found {ScalingBias}.", nameof(ScalingBias));
-        if (!(OpacityBias > 0 && OpacityBias < 1)) throw new ArgumentException($"OpacityBias must lie in (0, 1), found {OpacityBias}.", nameof(OpacityBias));
+        var p = new ConfigProblems("representation_config");
+        Validate(p);
+        p.ThrowIfAny();
     }
-}
 
-/// <summary>Config helpers shared by the decoders.</summary>
-internal static class DecoderConfig
-{
-    /// <summary>The <c>representation_config</c> object of a decoder config (args object or whole <c>{"name", "args"}</c>).</summary>
-    public static JsonElement RepresentationConfig(JsonElement config, string className)
+    /// <summary>Records every value out of its domain (keys as in <c>representation_config</c>).</summary>
+    internal void Validate(ConfigProblems p)
     {
-        var args = config.ValueKind == JsonValueKind.Object && config.TryGetProperty("name", out _)
-            && config.TryGetProperty("args", out var inner) && inner.ValueKind == JsonValueKind.Object ? inner : config;
-        if (args.ValueKind != JsonValueKind.Object || !args.TryGetProperty("representation_config", out var rep) || rep.ValueKind == JsonValueKind.Null)
-            throw new ArgumentException($"{className} config: required argument 'representation_config' is missing.", "args");
-        if (rep.ValueKind != JsonValueKind.Object)
-            throw new ArgumentException($"{className} config: 'representation_config' must be an object, found {rep.ValueKind}.", "args");
-        return rep;
+        const string rc = "representation_config.";
+        p.Range(rc + "num_gaussians", NumGaussians, 1, TrellisConfigLimits.MaxGaussians);
+        // 2h - 1 reaches -1 (the first point is 0), so atanh((2h - 1) / voxel_size) needs voxel_size >= 1 (TRELLIS uses 1.5).
+        if (p.Check(VoxelSize > 0 && double.IsFinite(VoxelSize), $"{rc}voxel_size must be a finite value > 0, got {VoxelSize}") && PerturbOffset)
+            p.Check(VoxelSize >= 1, $"with perturb_offset, {rc}voxel_size must be >= 1 (the Hammersley offsets are atanh((2h - 1) / voxel_size)), got {VoxelSize}");
+        p.Check(FilterKernelSize3D >= 0 && double.IsFinite(FilterKernelSize3D), $"{rc}3d_filter_kernel_size must be >= 0, got {FilterKernelSize3D}");
+        p.Check(ScalingBias > 0 && double.IsFinite(ScalingBias), $"{rc}scaling_bias must be > 0, got {ScalingBias}");
+        p.Check(OpacityBias > 0 && OpacityBias < 1, $"{rc}opacity_bias must lie in (0, 1), got {OpacityBias}");
+        p.Check(new[] { LrXyz, LrFeaturesDc, LrScaling, LrRotation, LrOpacity }.All(double.IsFinite), $"{rc}lr values must be finite");
     }
 }
 
 /// <summary>
 /// TRELLIS's structured-latent Gaussian decoder (<c>SLatGaussianDecoder</c>, checkpoint
-/// <c>slat_dec_gs_swin8_B_64l8gs32_fp16</c>): a <see cref="SparseTransformerBase"/> (swin attention), then
+/// <c>slat_dec_gs_swin8_B_64l8gs32_fp16</c>): a <see cref="SparseTransformerBase{TResult}"/> (swin attention), then
 /// <c>F.layer_norm</c> (eps 1e-5, no affine) and <c>out_layer = Linear(C, 14·G)</c>; every voxel's output becomes G
 /// Gaussians of a per-sample <see cref="Gaussians"/> set.
 /// </summary>
@@ -135,64 +129,45 @@ internal static class DecoderConfig
 /// Output channel layout per voxel: <c>_xyz | _features_dc | _scaling | _rotation | _opacity</c> (3G, 3G, 3G, 4G, G),
 /// gaussian-major inside each block.
 /// </remarks>
-public sealed class SLatGaussianDecoder : SparseTransformerBase
+public sealed class SLatGaussianDecoder : SparseTransformerBase<IReadOnlyList<Gaussians>>
 {
 #pragma warning disable IDE1006 // PyTorch state_dict names
-    private Linear out_layer;
-    private Tensor offset_perturbation;
+    private readonly Linear out_layer;
+    private readonly Tensor offset_perturbation;
 #pragma warning restore IDE1006
 
     private static readonly double[] Aabb = { -0.5, -0.5, -0.5, 1.0, 1.0, 1.0 };
 
-    /// <summary>Builds the decoder with TRELLIS's constructor arguments.</summary>
-    /// <exception cref="ArgumentException">Unsupported or inconsistent arguments.</exception>
-    public SLatGaussianDecoder(int resolution, int modelChannels, int latentChannels, int numBlocks, GaussianRepresentationConfig representation,
-        int? numHeads = null, int numHeadChannels = 64, double mlpRatio = 4, string attnMode = "swin", int windowSize = 8,
-        string peMode = "ape", bool qkRmsNorm = false, ScalarType dtype = ScalarType.Float32, Device? device = null)
-        : base(nameof(SLatGaussianDecoder), resolution, latentChannels, modelChannels, numBlocks, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize, peMode, qkRmsNorm, dtype, device)
+    /// <summary>Builds the decoder.</summary>
+    /// <param name="config">The constructor arguments.</param>
+    /// <param name="dtype">Parameter dtype: float32 (default), float64, float16 or bfloat16.</param>
+    /// <param name="device">Device (CPU by default; the meta device builds shapes only).</param>
+    /// <exception cref="ArgumentException">Invalid config (every problem listed) or dtype.</exception>
+    public SLatGaussianDecoder(SLatGaussianDecoderConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base(config ?? throw new ArgumentNullException(nameof(config)), config.LatentChannels, dtype, device)
     {
-        ArgumentNullException.ThrowIfNull(representation);
-        if (resolution < 1) throw new ArgumentException($"resolution must be >= 1, found {resolution}.", nameof(resolution));
-        representation.Validate();
-        Representation = representation;
-        out_layer = nn.Linear(modelChannels, representation.ChannelsPerVoxel, true, device, dtype);
+        Config = config;
+        var representation = config.Representation;
+        out_layer = nn.Linear(config.ModelChannels, representation.ChannelsPerVoxel, true, device, dtype);
         offset_perturbation = HammersleyPerturbation(representation.NumGaussians, representation.VoxelSize, Precision.AtLeastFloat32(dtype), device)
             .DetachFromDisposeScope();
         RegisterComponents();
     }
 
-    /// <summary>
-    /// Builds the decoder from a TRELLIS config: the <c>args</c> object of <c>ckpts/NAME.json</c>, or the whole
-    /// <c>{"name": "SLatGaussianDecoder", "args": {...}}</c>. <c>use_fp16</c> and <c>use_checkpoint</c> are accepted;
-    /// precision is chosen by <paramref name="dtype"/> (and <see cref="SparseTransformerBase.ConvertTorso"/>).
-    /// </summary>
-    /// <exception cref="ArgumentException">Missing, unknown or unsupported arguments.</exception>
-    public static SLatGaussianDecoder FromConfig(JsonElement args, ScalarType dtype = ScalarType.Float32, Device? device = null)
-    {
-        var a = new ModelArgs(args, nameof(SLatGaussianDecoder), "ElasticSLatGaussianDecoder");
-        var rep = DecoderConfig.RepresentationConfig(args, nameof(SLatGaussianDecoder));
-        a.Accept("representation_config");
-        var dec = new SLatGaussianDecoder(
-            a.Int("resolution"), a.Int("model_channels"), a.Int("latent_channels"), a.Int("num_blocks"),
-            GaussianRepresentationConfig.FromJson(rep),
-            a.IntOrNull("num_heads", null), a.Int("num_head_channels", 64), a.Double("mlp_ratio", 4), a.String("attn_mode", "swin"),
-            a.Int("window_size", 8), a.String("pe_mode", "ape"), a.Bool("qk_rms_norm", false), dtype, device);
-        a.Accept("use_fp16", "use_checkpoint");
-        a.RejectUnknown();
-        return dec;
-    }
+    /// <summary>The constructor arguments.</summary>
+    public SLatGaussianDecoderConfig Config { get; }
 
     /// <summary>How the output becomes Gaussians.</summary>
-    public GaussianRepresentationConfig Representation { get; }
+    public GaussianRepresentationConfig Representation => Config.Representation;
 
     /// <summary>The <c>offset_perturbation</c> buffer <c>[G, 3]</c> (the registered tensor; do not dispose).</summary>
-    public Tensor OffsetPerturbation => get_buffer(nameof(offset_perturbation)) ?? offset_perturbation;
+    internal Tensor OffsetPerturbation => get_buffer(nameof(offset_perturbation)) ?? offset_perturbation;
 
     /// <summary>Decodes a structured latent into one Gaussian set per sample.</summary>
     /// <param name="x">Latent features <c>[N, latent_channels]</c> on voxels with coordinates in <c>[0, resolution)</c>.</param>
     /// <returns>One <see cref="Gaussians"/> per sample (the caller disposes them), in sample order.</returns>
     /// <exception cref="ArgumentException">Wrong feature width, or coordinates outside the grid.</exception>
-    public IReadOnlyList<Gaussians> Forward(SparseTensor x)
+    public override IReadOnlyList<Gaussians> forward(SparseTensor x)
     {
         using var scope = torch.NewDisposeScope();
         return ToRepresentation(ForwardFeatures(x));

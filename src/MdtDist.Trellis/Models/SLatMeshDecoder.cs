@@ -1,5 +1,4 @@
 using MdtDist.Trellis.Modules;
-using System.Text.Json;
 using MdtDist.Trellis.Representations;
 using MdtDist.Trellis.Sparse;
 using TorchSharp;
@@ -77,86 +76,44 @@ internal sealed class SparseSubdivideBlock3d : nn.Module
 
 /// <summary>
 /// TRELLIS's structured-latent mesh decoder (<c>SLatMeshDecoder</c>, checkpoint <c>slat_dec_mesh_swin8_B_64l8m256c_fp16</c>)
-/// up to, not including, FlexiCubes: a <see cref="SparseTransformerBase"/> (swin attention), two
+/// up to, not including, FlexiCubes: a <see cref="SparseTransformerBase{TResult}"/> (swin attention), two
 /// <c>SparseSubdivideBlock3d</c> (C → C/4 at 2× resolution, C/4 → C/8 at 4×), and <c>out_layer = Linear(C/8, 53 or 101)</c>;
 /// each sample's output becomes the <see cref="FlexiCubesInputs"/> of a <c>4·resolution</c> grid.
 /// </summary>
 /// <remarks>State-dict names: <c>input_layer.*</c>, <c>blocks.{i}.*</c>, <c>upsample.{0,1}.*</c>, <c>out_layer.*</c>.</remarks>
-public sealed class SLatMeshDecoder : SparseTransformerBase
+public sealed class SLatMeshDecoder : SparseTransformerBase<IReadOnlyList<FlexiCubesInputs>>
 {
 #pragma warning disable IDE1006 // PyTorch state_dict names
     private readonly ModuleList<SparseSubdivideBlock3d> upsample;
     private readonly Linear out_layer;
 #pragma warning restore IDE1006
 
-    /// <summary>Builds the decoder with TRELLIS's constructor arguments (<paramref name="useColor"/> is <c>representation_config['use_color']</c>).</summary>
-    /// <exception cref="ArgumentException">Unsupported or inconsistent arguments.</exception>
-    public SLatMeshDecoder(int resolution, int modelChannels, int latentChannels, int numBlocks, bool useColor = false,
-        int? numHeads = null, int numHeadChannels = 64, double mlpRatio = 4, string attnMode = "swin", int windowSize = 8,
-        string peMode = "ape", bool qkRmsNorm = false, ScalarType dtype = ScalarType.Float32, Device? device = null)
-        : this(32, resolution, modelChannels, latentChannels, numBlocks, useColor, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize,
-            peMode, qkRmsNorm, dtype, device)
+    /// <summary>Builds the decoder.</summary>
+    /// <param name="config">The constructor arguments.</param>
+    /// <param name="dtype">Parameter dtype: float32 (default), float64, float16 or bfloat16.</param>
+    /// <param name="device">Device (CPU by default; the meta device builds shapes only).</param>
+    /// <exception cref="ArgumentException">Invalid config (every problem listed) or dtype.</exception>
+    public SLatMeshDecoder(SLatMeshDecoderConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : base(config ?? throw new ArgumentNullException(nameof(config)), config.LatentChannels, dtype, device)
     {
-    }
-
-    /// <summary>As the public constructor, with the subdivide blocks' group count (TRELLIS fixes 32; tests shrink it).</summary>
-    internal SLatMeshDecoder(int subdivideNumGroups, int resolution, int modelChannels, int latentChannels, int numBlocks, bool useColor,
-        int? numHeads, int numHeadChannels, double mlpRatio, string attnMode, int windowSize, string peMode, bool qkRmsNorm,
-        ScalarType dtype, Device? device)
-        : base(nameof(SLatMeshDecoder), resolution, latentChannels, modelChannels, numBlocks, numHeads, numHeadChannels, mlpRatio, attnMode, windowSize, peMode, qkRmsNorm, dtype, device)
-    {
-        if (modelChannels % 8 != 0 || (modelChannels / 4) % subdivideNumGroups != 0 || (modelChannels / 8) % subdivideNumGroups != 0)
-            throw new ArgumentException(
-                $"model_channels {modelChannels} must be divisible by 8, and model_channels/4 and /8 by the subdivide blocks' num_groups {subdivideNumGroups}.",
-                nameof(modelChannels));
-        UseColor = useColor;
+        Config = config;
+        long c = config.ModelChannels;
+        int groups = (int)config.SubdivideNumGroups, resolution = (int)config.Resolution;
         upsample = new ModuleList<SparseSubdivideBlock3d>(
-            new SparseSubdivideBlock3d(modelChannels, resolution, modelChannels / 4, subdivideNumGroups, dtype, device),
-            new SparseSubdivideBlock3d(modelChannels / 4, resolution * 2, modelChannels / 8, subdivideNumGroups, dtype, device));
-        out_layer = nn.Linear(modelChannels / 8, OutChannels, true, device, dtype);
+            new SparseSubdivideBlock3d(c, resolution, c / 4, groups, dtype, device),
+            new SparseSubdivideBlock3d(c / 4, resolution * 2, c / 8, groups, dtype, device));
+        out_layer = nn.Linear(c / 8, OutChannels, true, device, dtype);
         RegisterComponents();
     }
 
-    /// <summary>
-    /// Builds the decoder from a TRELLIS config: the <c>args</c> object of <c>ckpts/NAME.json</c>, or the whole
-    /// <c>{"name": "SLatMeshDecoder", "args": {...}}</c>. <c>use_fp16</c> and <c>use_checkpoint</c> are accepted; precision is
-    /// chosen by <paramref name="dtype"/> (and <see cref="ConvertTorso"/>). <c>representation_config</c> is required
-    /// (only its <c>use_color</c>, default false, is used).
-    /// </summary>
-    /// <exception cref="ArgumentException">Missing, unknown or unsupported arguments.</exception>
-    public static SLatMeshDecoder FromConfig(JsonElement args, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
-        FromConfig(args, dtype, device, 32);
-
-    internal static SLatMeshDecoder FromConfig(JsonElement args, ScalarType dtype, Device? device, int subdivideNumGroups)
-    {
-        var a = new ModelArgs(args, nameof(SLatMeshDecoder), "ElasticSLatMeshDecoder");
-        var rep = DecoderConfig.RepresentationConfig(args, nameof(SLatMeshDecoder));
-        a.Accept("representation_config");
-        bool useColor = false;
-        if (rep.TryGetProperty("use_color", out var uc) && uc.ValueKind != JsonValueKind.Null)
-            useColor = uc.ValueKind switch
-            {
-                JsonValueKind.True => true,
-                JsonValueKind.False => false,
-                _ => throw new ArgumentException($"SLatMeshDecoder config: representation_config.use_color must be true or false, found {uc.GetRawText()}.", "args"),
-            };
-        var extractor = a.String("mesh_extractor", "fc");
-        if (extractor != "fc")
-            throw new ArgumentException($"SLatMeshDecoder config: mesh_extractor '{extractor}' is not supported (only 'fc', FlexiCubes, TRELLIS's released decoder).", "args");
-        var dec = new SLatMeshDecoder(subdivideNumGroups,
-            a.Int("resolution"), a.Int("model_channels"), a.Int("latent_channels"), a.Int("num_blocks"), useColor,
-            a.IntOrNull("num_heads", null), a.Int("num_head_channels", 64), a.Double("mlp_ratio", 4), a.String("attn_mode", "swin"),
-            a.Int("window_size", 8), a.String("pe_mode", "ape"), a.Bool("qk_rms_norm", false), dtype, device);
-        a.Accept("use_fp16", "use_checkpoint");
-        a.RejectUnknown();
-        return dec;
-    }
+    /// <summary>The constructor arguments.</summary>
+    public SLatMeshDecoderConfig Config { get; }
 
     /// <summary>Cubes per axis of the extraction grid: <c>4 · Resolution</c>.</summary>
     public int MeshResolution => 4 * Resolution;
 
     /// <summary>Whether the output carries per-vertex colours (and normal maps).</summary>
-    public bool UseColor { get; }
+    public bool UseColor => Config.UseColor;
 
     /// <summary>Output channels per cube: 101 with colour, 53 without.</summary>
     public int OutChannels => UseColor ? FlexiCubesInputs.ChannelsWithColor : FlexiCubesInputs.ChannelsWithoutColor;
@@ -165,9 +122,9 @@ public sealed class SLatMeshDecoder : SparseTransformerBase
     /// Converts the transformer blocks' linear layers and the subdivide blocks' convolutions to <paramref name="dtype"/>
     /// (TRELLIS's <c>convert_to_fp16</c> for this decoder; norms and the input/output layers keep their dtype).
     /// </summary>
-    public new void ConvertTorso(ScalarType dtype)
+    public override void SetTorsoDType(ScalarType dtype)
     {
-        base.ConvertTorso(dtype);
+        base.SetTorsoDType(dtype);
         foreach (var block in upsample) block.ConvertConvolutions(dtype);
     }
 
@@ -175,7 +132,7 @@ public sealed class SLatMeshDecoder : SparseTransformerBase
     /// <param name="x">Latent features <c>[N, latent_channels]</c> on voxels with coordinates in <c>[0, resolution)</c>.</param>
     /// <returns>One <see cref="FlexiCubesInputs"/> per sample (the caller disposes them), in sample order.</returns>
     /// <exception cref="ArgumentException">Wrong feature width, or coordinates outside the grid.</exception>
-    public IReadOnlyList<FlexiCubesInputs> Forward(SparseTensor x)
+    public override IReadOnlyList<FlexiCubesInputs> forward(SparseTensor x)
     {
         using var scope = torch.NewDisposeScope();
         return ToRepresentation(ForwardFeatures(x));

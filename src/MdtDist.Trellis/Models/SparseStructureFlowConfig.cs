@@ -7,49 +7,16 @@ namespace MdtDist.Trellis.Models;
 /// Constructor arguments of TRELLIS's <c>SparseStructureFlowModel</c> (Python keyword names in brackets). Defaults are
 /// the Python defaults. The released image model <c>ss_flow_img_dit_L_16l8_fp16</c> is <see cref="ImageLarge"/>.
 /// </summary>
-public sealed record SparseStructureFlowConfig
+public sealed record SparseStructureFlowConfig : TrellisFlowConfig
 {
     /// <summary>The TRELLIS class name.</summary>
     public const string ClassName = "SparseStructureFlowModel";
 
-    /// <summary>Grid resolution R of the latent <c>[B, in, R, R, R]</c> (<c>resolution</c>).</summary>
-    public required long Resolution { get; init; }
-    /// <summary>Latent channels in (<c>in_channels</c>).</summary>
-    public required long InChannels { get; init; }
-    /// <summary>Transformer width C (<c>model_channels</c>).</summary>
-    public required long ModelChannels { get; init; }
-    /// <summary>Width of the condition tokens (<c>cond_channels</c>).</summary>
-    public required long CondChannels { get; init; }
-    /// <summary>Latent channels out (<c>out_channels</c>).</summary>
-    public required long OutChannels { get; init; }
-    /// <summary>Number of transformer blocks (<c>num_blocks</c>).</summary>
-    public required long NumBlocks { get; init; }
-    /// <summary>Attention heads (<c>num_heads</c>); null means <c>model_channels // num_head_channels</c>.</summary>
-    public long? NumHeads { get; init; }
-    /// <summary>Channels per head when <see cref="NumHeads"/> is null (<c>num_head_channels</c>, default 64).</summary>
-    public long NumHeadChannels { get; init; } = 64;
-    /// <summary>MLP hidden width ratio (<c>mlp_ratio</c>, default 4); the hidden width is <c>int(C·mlp_ratio)</c>.</summary>
-    public double MlpRatio { get; init; } = 4;
-    /// <summary>Patch size p (<c>patch_size</c>, default 2).</summary>
-    public long PatchSize { get; init; } = 2;
-    /// <summary>Position encoding (<c>pe_mode</c>): only "ape" can run (see remarks of <see cref="Validate"/>).</summary>
-    public string PeMode { get; init; } = "ape";
-    /// <summary>TRELLIS's <c>use_fp16</c> flag (kept for round trips; .NET selects compute precision explicitly).</summary>
-    public bool UseFp16 { get; init; }
-    /// <summary>TRELLIS's <c>use_checkpoint</c> (gradient checkpointing; kept for round trips, no effect on results).</summary>
-    public bool UseCheckpoint { get; init; }
-    /// <summary>One model-level adaLN modulation shared by all blocks (<c>share_mod</c>).</summary>
-    public bool ShareMod { get; init; }
-    /// <summary>RMS-normalise q and k in self-attention (<c>qk_rms_norm</c>).</summary>
-    public bool QkRmsNorm { get; init; }
-    /// <summary>RMS-normalise q and k in cross-attention (<c>qk_rms_norm_cross</c>).</summary>
-    public bool QkRmsNormCross { get; init; }
-
-    /// <summary>The effective number of heads.</summary>
-    public long Heads => NumHeads ?? (NumHeadChannels > 0 ? ModelChannels / NumHeadChannels : 0);
+    /// <inheritdoc />
+    public override string TrellisClassName => ClassName;
 
     /// <summary>Tokens per sample: (R/p)³.</summary>
-    public long Tokens => (Resolution / PatchSize) * (Resolution / PatchSize) * (Resolution / PatchSize);
+    internal long Tokens => (Resolution / PatchSize) * (Resolution / PatchSize) * (Resolution / PatchSize);
 
     /// <summary>The released TRELLIS-image-large stage-1 flow (<c>ckpts/ss_flow_img_dit_L_16l8_fp16.json</c>).</summary>
     public static SparseStructureFlowConfig ImageLarge => new()
@@ -68,19 +35,11 @@ public sealed record SparseStructureFlowConfig
     /// <exception cref="NotSupportedException"><c>pe_mode</c> is "rope".</exception>
     public void Validate()
     {
-        var errors = new List<string>();
-        if (Resolution < 1) errors.Add($"resolution must be >= 1, got {Resolution}");
-        if (InChannels < 1) errors.Add($"in_channels must be >= 1, got {InChannels}");
-        if (OutChannels < 1) errors.Add($"out_channels must be >= 1, got {OutChannels}");
-        if (ModelChannels < 1) errors.Add($"model_channels must be >= 1, got {ModelChannels}");
-        if (CondChannels < 1) errors.Add($"cond_channels must be >= 1, got {CondChannels}");
-        if (NumBlocks < 0) errors.Add($"num_blocks must be >= 0, got {NumBlocks}");
-        if (PatchSize < 1 || (Resolution >= 1 && Resolution % PatchSize != 0)) errors.Add($"patch_size must divide resolution {Resolution}, got {PatchSize}");
-        if (NumHeads is null && NumHeadChannels < 1) errors.Add($"num_head_channels must be >= 1, got {NumHeadChannels}");
-        if (Heads < 1 || ModelChannels % Math.Max(1, Heads) != 0) errors.Add($"model_channels {ModelChannels} must be a positive multiple of num_heads {Heads}");
-        if (!(MlpRatio > 0) || double.IsInfinity(MlpRatio) || (long)Math.Truncate(ModelChannels * MlpRatio) < 1) errors.Add($"mlp_ratio must give a hidden width >= 1, got {MlpRatio}");
-        if (PeMode != "ape" && PeMode != "rope") errors.Add($"pe_mode must be 'ape' or 'rope', got '{PeMode}'");
-        if (errors.Count > 0) throw new ArgumentException($"invalid {ClassName} config: {string.Join("; ", errors)}.", "config");
+        var p = ValidateCommon();
+        if (p.Range("patch_size", PatchSize, 1, TrellisConfigLimits.MaxPatch) && Resolution >= 1)
+            p.Check(Resolution % PatchSize == 0, $"patch_size {PatchSize} must divide resolution {Resolution}");
+        p.OneOf("pe_mode", PeMode, "ape", "rope");
+        p.ThrowIfAny();
         if (PeMode == "rope")
             throw new NotSupportedException($"{ClassName} with pe_mode 'rope' cannot run in TRELLIS itself (no pos_emb is registered, yet forward adds self.pos_emb), and no released checkpoint uses it; use pe_mode 'ape'.");
     }
@@ -90,54 +49,9 @@ public sealed record SparseStructureFlowConfig
     public static SparseStructureFlowConfig FromArgs(JsonObject? args)
     {
         var a = new ConfigArgs(ClassName, args);
-        var cfg = new SparseStructureFlowConfig
-        {
-            Resolution = a.Int("resolution"),
-            InChannels = a.Int("in_channels"),
-            ModelChannels = a.Int("model_channels"),
-            CondChannels = a.Int("cond_channels"),
-            OutChannels = a.Int("out_channels"),
-            NumBlocks = a.Int("num_blocks"),
-            NumHeads = a.IntOrNull("num_heads", null),
-            NumHeadChannels = a.IntOrNull("num_head_channels", 64) ?? 64,
-            MlpRatio = a.Double("mlp_ratio", 4),
-            PatchSize = a.Int("patch_size", 2),
-            PeMode = a.String("pe_mode", "ape"),
-            UseFp16 = a.Bool("use_fp16", false),
-            UseCheckpoint = a.Bool("use_checkpoint", false),
-            ShareMod = a.Bool("share_mod", false),
-            QkRmsNorm = a.Bool("qk_rms_norm", false),
-            QkRmsNormCross = a.Bool("qk_rms_norm_cross", false),
-        };
+        var cfg = ReadCommon(a, new SparseStructureFlowConfig { Resolution = 0, InChannels = 0, ModelChannels = 0, CondChannels = 0, OutChannels = 0, NumBlocks = 0 });
         a.Finish();
         return cfg;
     }
 
-    /// <summary>The <c>args</c> object (every argument, Python keyword names).</summary>
-    public JsonObject ToArgs()
-    {
-        var o = new JsonObject
-        {
-            ["resolution"] = Resolution,
-            ["in_channels"] = InChannels,
-            ["model_channels"] = ModelChannels,
-            ["cond_channels"] = CondChannels,
-            ["out_channels"] = OutChannels,
-            ["num_blocks"] = NumBlocks,
-            ["num_heads"] = NumHeads,
-            ["num_head_channels"] = NumHeadChannels,
-            ["mlp_ratio"] = JsonNumber(MlpRatio),
-            ["patch_size"] = PatchSize,
-            ["pe_mode"] = PeMode,
-            ["use_fp16"] = UseFp16,
-            ["use_checkpoint"] = UseCheckpoint,
-            ["share_mod"] = ShareMod,
-            ["qk_rms_norm"] = QkRmsNorm,
-            ["qk_rms_norm_cross"] = QkRmsNormCross,
-        };
-        return o;
-    }
-
-    internal static JsonNode JsonNumber(double v) =>
-        v == Math.Floor(v) && Math.Abs(v) < 1e15 ? JsonValue.Create((long)v) : JsonValue.Create(v);
 }

@@ -1,3 +1,4 @@
+using MdtDist.Core;
 using System.Text.Json.Nodes;
 using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Modules;
@@ -52,7 +53,7 @@ public sealed class SparseStructureFlowModel : nn.Module<Tensor, Tensor, Tensor,
         using (var posScope = torch.NewDisposeScope())
         {
             var pe = AbsolutePositionEmbedder.Grid3d(config.Resolution / p, c, Precision.AtLeastFloat32(dtype), device);
-            pos_emb = Precision.Cast(pe, dtype).contiguous().DetachFromDisposeScope();
+            pos_emb = pe.As(dtype).contiguous().DetachFromDisposeScope();
         }
         input_layer = nn.Linear(config.InChannels * p * p * p, c, device: device, dtype: dtype);
         blocks = new ModuleList<ModulatedTransformerCrossBlock>();
@@ -127,12 +128,12 @@ public sealed class SparseStructureFlowModel : nn.Module<Tensor, Tensor, Tensor,
         h = h + pos_emb.unsqueeze(0);
         var tEmb = t_embedder.forward(t);
         if (adaLN_modulation is not null) tEmb = adaLN_modulation.forward(tEmb);
-        tEmb = Precision.Cast(tEmb, torso);
-        h = Precision.Cast(h, torso);
-        var ctx = Precision.Cast(cond, torso);
+        tEmb = tEmb.As(torso);
+        h = h.As(torso);
+        var ctx = cond.As(torso);
         foreach (var block in blocks)
             h = block.forward(h, tEmb, ctx);
-        h = Precision.Cast(h, x.dtype);
+        h = h.As(x.dtype);
         h = F.layer_norm(h, new[] { h.shape[^1] }, eps: 1e-5);
         h = out_layer.forward(h);
         h = h.permute(0, 2, 1).reshape(b, h.shape[2], r, r, r);
@@ -149,8 +150,7 @@ public sealed class SparseStructureFlowModel : nn.Module<Tensor, Tensor, Tensor,
         if (x.dtype != DType)
             throw new ArgumentException($"x: dtype {x.dtype} differs from the model's parameter dtype {DType}.", nameof(x));
         long b = x.shape[0];
-        if (t.dim() != 1 || t.shape[0] != b)
-            throw new ArgumentException($"t: expected shape [{b}], found {Precision.Shape(t.shape)}.", nameof(t));
+        ArgumentChecks.PerSampleTime(t, b);
         if (cond.dim() != 3 || cond.shape[0] != b || cond.shape[2] != cfg.CondChannels)
             throw new ArgumentException($"cond: expected shape [{b}, L, {cfg.CondChannels}], found {Precision.Shape(cond.shape)}.", nameof(cond));
     }

@@ -8,11 +8,51 @@ using static TorchSharp.torch;
 namespace MdtDist.Trellis.Models;
 
 /// <summary>
+/// What TRELLIS's structure VAE encoder and decoder share: the config, the TRELLIS class name and the precision API
+/// (input / output layers in <see cref="DType"/>, the residual torso in <see cref="TorsoDType"/>).
+/// </summary>
+public abstract class SparseStructureVaeNetwork : nn.Module<Tensor, Tensor>, ITrellisModel
+{
+    private ScalarType? _torso;
+
+    private protected SparseStructureVaeNetwork(string name) : base(name)
+    {
+    }
+
+    private protected abstract SparseStructureVaeConfig VaeConfig { get; }
+
+    private protected abstract Conv3d InputLayer { get; }
+
+    /// <summary>The residual blocks TRELLIS's <c>convert_to_fp16</c> converts.</summary>
+    private protected abstract IEnumerable<nn.Module> Torso { get; }
+
+    /// <inheritdoc />
+    public string TrellisClassName => VaeConfig.TrellisClassName;
+
+    /// <inheritdoc />
+    public JsonObject ToConfigArgs() => VaeConfig.ToArgs();
+
+    /// <summary>The dtype of the input / output layers (the dtype inputs are expected in).</summary>
+    public ScalarType DType => InputLayer.weight.dtype;
+
+    /// <summary>The dtype the residual torso (blocks, middle block) computes in.</summary>
+    public ScalarType TorsoDType => _torso ?? DType;
+
+    /// <summary>Runs the torso (blocks and middle block) in <paramref name="dtype"/>, as TRELLIS's <c>convert_to_fp16</c> (convolutions converted; norms compute in at least float32).</summary>
+    public void SetTorsoDType(ScalarType dtype)
+    {
+        Precision.RequireFloat(dtype, nameof(dtype));
+        foreach (var m in Torso.SelectMany(TorsoLayers.ConvAndLinear)) m.to(dtype);
+        _torso = dtype;
+    }
+}
+
+/// <summary>
 /// TRELLIS's structure VAE encoder (<c>trellis.models.sparse_structure_vae.SparseStructureEncoder</c>): a binary occupancy
 /// grid <c>[B, in, 64, 64, 64]</c> → latent mean / log-variance <c>[B, latent, 16, 16, 16]</c>. Parameter names as TRELLIS's
 /// state dict (<c>input_layer</c>, <c>blocks.N</c>, <c>middle_block.N</c>, <c>out_layer.0/2</c>).
 /// </summary>
-public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellisModel
+public sealed class SparseStructureEncoder : SparseStructureVaeNetwork
 {
 #pragma warning disable IDE1006 // field names are the PyTorch state-dict names
     private readonly Conv3d input_layer;
@@ -20,7 +60,6 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
     private readonly Sequential middle_block;
     private readonly Sequential out_layer;
 #pragma warning restore IDE1006
-    private ScalarType? _torso;
 
     /// <summary>Builds the encoder.</summary>
     /// <param name="config">The constructor arguments.</param>
@@ -35,7 +74,7 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
         Precision.RequireFloat(dtype, nameof(dtype));
         Config = config;
         var ch = config.Channels;
-        input_layer = nn.Conv3d(config.InChannels, ch[0], 3, padding: 1, device: device, dtype: dtype);
+        input_layer = Init.Conv3d(config.InChannels, ch[0], 3, padding: 1, dtype: dtype, device: device);
         blocks = new ModuleList<nn.Module<Tensor, Tensor>>();
         for (int i = 0; i < ch.Count; i++)
         {
@@ -47,32 +86,18 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
         out_layer = nn.Sequential(
             ("0", VaeNorm.Create(config.NormType, ch[^1], dtype, device)),
             ("1", nn.SiLU()),
-            ("2", nn.Conv3d(ch[^1], config.LatentChannels * 2, 3, padding: 1, device: device, dtype: dtype)));
+            ("2", Init.Conv3d(ch[^1], config.LatentChannels * 2, 3, padding: 1, dtype: dtype, device: device)));
         RegisterComponents();
     }
 
     /// <summary>The constructor arguments.</summary>
     public SparseStructureEncoderConfig Config { get; }
 
-    /// <inheritdoc />
-    public string TrellisClassName => SparseStructureEncoderConfig.ClassName;
+    private protected override SparseStructureVaeConfig VaeConfig => Config;
 
-    /// <inheritdoc />
-    public JsonObject ToConfigArgs() => Config.ToArgs();
+    private protected override Conv3d InputLayer => input_layer;
 
-    /// <summary>The dtype of the input / output layers (the dtype inputs are expected in).</summary>
-    public ScalarType DType => input_layer.weight!.dtype;
-
-    /// <summary>The dtype the residual torso (blocks, middle block) computes in.</summary>
-    public ScalarType TorsoDType => _torso ?? DType;
-
-    /// <summary>Runs the torso (blocks and middle block) in <paramref name="dtype"/>, as TRELLIS's <c>convert_to_fp16</c> (convolutions converted; norms compute in at least float32).</summary>
-    public void SetTorsoDType(ScalarType dtype)
-    {
-        Precision.RequireFloat(dtype, nameof(dtype));
-        foreach (var m in TorsoLayers.ConvAndLinear(blocks).Concat(TorsoLayers.ConvAndLinear(middle_block))) m.to(dtype);
-        _torso = dtype;
-    }
+    private protected override IEnumerable<nn.Module> Torso => new nn.Module[] { blocks, middle_block };
 
     /// <summary>The latent z (= mean, TRELLIS's default <c>sample_posterior=False</c>) of <paramref name="x"/> <c>[B, in, R, R, R]</c>.</summary>
     public override Tensor forward(Tensor x)
@@ -95,10 +120,10 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
             throw new ArgumentException($"x: dtype {x.dtype} differs from the model's parameter dtype {DType}.", nameof(x));
         using var scope = torch.NewDisposeScope();
         var h = input_layer.forward(x);
-        h = Precision.Cast(h, TorsoDType);
+        h = h.As(TorsoDType);
         foreach (var b in blocks) h = b.forward(h);
         h = middle_block.forward(h);
-        h = Precision.Cast(h, x.dtype);
+        h = h.As(x.dtype);
         h = out_layer.forward(h);
         var parts = h.chunk(2, 1);
         var mean = parts[0].contiguous();
@@ -119,7 +144,7 @@ public sealed class SparseStructureEncoder : nn.Module<Tensor, Tensor>, ITrellis
 /// <c>[B, latent, 16, 16, 16]</c> → occupancy logits <c>[B, out, 64, 64, 64]</c> (3D-conv residual blocks with pixel-shuffle
 /// upsampling). <see cref="DecodeOccupancy"/> gives the occupied voxel coordinates as TRELLIS's pipeline does.
 /// </summary>
-public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellisModel
+public sealed class SparseStructureDecoder : SparseStructureVaeNetwork
 {
 #pragma warning disable IDE1006 // field names are the PyTorch state-dict names
     private readonly Conv3d input_layer;
@@ -127,7 +152,6 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
     private readonly ModuleList<nn.Module<Tensor, Tensor>> blocks;
     private readonly Sequential out_layer;
 #pragma warning restore IDE1006
-    private ScalarType? _torso;
 
     /// <summary>Builds the decoder.</summary>
     /// <param name="config">The constructor arguments.</param>
@@ -142,7 +166,7 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
         Precision.RequireFloat(dtype, nameof(dtype));
         Config = config;
         var ch = config.Channels;
-        input_layer = nn.Conv3d(config.LatentChannels, ch[0], 3, padding: 1, device: device, dtype: dtype);
+        input_layer = Init.Conv3d(config.LatentChannels, ch[0], 3, padding: 1, dtype: dtype, device: device);
         middle_block = nn.Sequential(Enumerable.Range(0, (int)config.NumResBlocksMiddle)
             .Select(i => (i.ToString(System.Globalization.CultureInfo.InvariantCulture), (nn.Module<Tensor, Tensor>)new ResBlock3d(ch[0], ch[0], config.NormType, dtype, device))));
         blocks = new ModuleList<nn.Module<Tensor, Tensor>>();
@@ -154,32 +178,18 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
         out_layer = nn.Sequential(
             ("0", VaeNorm.Create(config.NormType, ch[^1], dtype, device)),
             ("1", nn.SiLU()),
-            ("2", nn.Conv3d(ch[^1], config.OutChannels, 3, padding: 1, device: device, dtype: dtype)));
+            ("2", Init.Conv3d(ch[^1], config.OutChannels, 3, padding: 1, dtype: dtype, device: device)));
         RegisterComponents();
     }
 
     /// <summary>The constructor arguments.</summary>
     public SparseStructureDecoderConfig Config { get; }
 
-    /// <inheritdoc />
-    public string TrellisClassName => SparseStructureDecoderConfig.ClassName;
+    private protected override SparseStructureVaeConfig VaeConfig => Config;
 
-    /// <inheritdoc />
-    public JsonObject ToConfigArgs() => Config.ToArgs();
+    private protected override Conv3d InputLayer => input_layer;
 
-    /// <summary>The dtype of the input / output layers (the dtype inputs are expected in).</summary>
-    public ScalarType DType => input_layer.weight!.dtype;
-
-    /// <summary>The dtype the residual torso (middle block, blocks) computes in.</summary>
-    public ScalarType TorsoDType => _torso ?? DType;
-
-    /// <summary>Runs the torso in <paramref name="dtype"/>, as TRELLIS's <c>convert_to_fp16</c> (convolutions converted; norms compute in at least float32).</summary>
-    public void SetTorsoDType(ScalarType dtype)
-    {
-        Precision.RequireFloat(dtype, nameof(dtype));
-        foreach (var m in TorsoLayers.ConvAndLinear(blocks).Concat(TorsoLayers.ConvAndLinear(middle_block))) m.to(dtype);
-        _torso = dtype;
-    }
+    private protected override IEnumerable<nn.Module> Torso => new nn.Module[] { middle_block, blocks };
 
     /// <summary>Occupancy logits <c>[B, out, R·2^(stages−1), ...]</c> of the latent <paramref name="z"/> <c>[B, latent, R, R, R]</c>.</summary>
     /// <exception cref="ArgumentException">Wrong rank, channel count or dtype.</exception>
@@ -191,10 +201,10 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
             throw new ArgumentException($"z: dtype {z.dtype} differs from the model's parameter dtype {DType}.", nameof(z));
         using var scope = torch.NewDisposeScope();
         var h = input_layer.forward(z);
-        h = Precision.Cast(h, TorsoDType);
+        h = h.As(TorsoDType);
         h = middle_block.forward(h);
         foreach (var b in blocks) h = b.forward(h);
-        h = Precision.Cast(h, z.dtype);
+        h = h.As(z.dtype);
         h = out_layer.forward(h);
         return h.MoveToOuterDisposeScope();
     }
@@ -216,7 +226,7 @@ public sealed class SparseStructureDecoder : nn.Module<Tensor, Tensor>, ITrellis
     /// in row-major order (channel dropped, as TRELLIS's <c>[:, [0, 2, 3, 4]]</c>; with C &gt; 1 a voxel appears once per positive channel).
     /// </summary>
     /// <exception cref="ArgumentException">The logits are not 5-D.</exception>
-    public static Tensor OccupiedCoords(Tensor logits)
+    internal static Tensor OccupiedCoords(Tensor logits)
     {
         if (logits.dim() != 5) throw new ArgumentException($"logits: expected [B, C, X, Y, Z], found {Precision.Shape(logits.shape)}.", nameof(logits));
         using var scope = torch.NewDisposeScope();

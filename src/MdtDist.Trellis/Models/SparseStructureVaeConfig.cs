@@ -25,39 +25,64 @@ public abstract record SparseStructureVaeConfig
     /// <summary>The TRELLIS class name.</summary>
     public abstract string TrellisClassName { get; }
 
-    /// <summary>Checks the shared arguments; adds problems to <paramref name="errors"/>.</summary>
-    protected void ValidateCommon(List<string> errors)
+    /// <summary>Checks the shared arguments; adds problems to <paramref name="p"/>.</summary>
+    private protected void ValidateCommon(ConfigProblems p)
     {
-        if (LatentChannels < 1) errors.Add($"latent_channels must be >= 1, got {LatentChannels}");
-        if (NumResBlocks < 0) errors.Add($"num_res_blocks must be >= 0, got {NumResBlocks}");
-        if (NumResBlocksMiddle < 0) errors.Add($"num_res_blocks_middle must be >= 0, got {NumResBlocksMiddle}");
-        if (Channels is null || Channels.Count == 0) errors.Add("channels must be a non-empty list");
-        else if (Channels.Any(c => c < 1)) errors.Add($"channels must all be >= 1, got [{string.Join(", ", Channels)}]");
-        if (NormType != "layer" && NormType != "group") errors.Add($"norm_type must be 'layer' or 'group', got '{NormType}'");
-        else if (NormType == "group" && Channels is not null && Channels.Any(c => c % 32 != 0))
-            errors.Add($"norm_type 'group' uses 32 groups, so every channel count must be a multiple of 32, got [{string.Join(", ", Channels)}]");
+        p.Channels("latent_channels", LatentChannels);
+        p.Blocks("num_res_blocks", NumResBlocks);
+        p.Blocks("num_res_blocks_middle", NumResBlocksMiddle);
+        if (Channels is null || Channels.Count == 0) p.Check(false, "channels must be a non-empty list");
+        else if (p.Check(Channels.Count <= TrellisConfigLimits.MaxStages, $"channels may list at most {TrellisConfigLimits.MaxStages} stages, got {Channels.Count}"))
+        {
+            p.Check(Channels.All(c => c >= 1 && c <= TrellisConfigLimits.MaxChannels),
+                $"channels must all be in [1, {TrellisConfigLimits.MaxChannels}], got [{string.Join(", ", Channels)}]");
+            if (NormType == "group")
+                p.Check(Channels.All(c => c % 32 == 0), $"norm_type 'group' uses 32 groups, so every channel count must be a multiple of 32, got [{string.Join(", ", Channels)}]");
+        }
+        p.OneOf("norm_type", NormType, "layer", "group");
     }
+
+    /// <summary>The Python name and value of the class's own channel argument (<c>in_channels</c> or <c>out_channels</c>).</summary>
+    private protected abstract (string Key, long Value) OwnChannels { get; }
 
     /// <summary>Throws one <see cref="ArgumentException"/> with every problem.</summary>
-    public abstract void Validate();
-
-    /// <summary>The <c>args</c> object (every argument, Python keyword names).</summary>
-    public abstract JsonObject ToArgs();
-
-    /// <summary>Writes the shared arguments.</summary>
-    protected void WriteCommon(JsonObject o)
+    public void Validate()
     {
-        o["latent_channels"] = LatentChannels;
-        o["num_res_blocks"] = NumResBlocks;
-        o["channels"] = new JsonArray(Channels.Select(c => (JsonNode)JsonValue.Create(c)).ToArray());
-        o["num_res_blocks_middle"] = NumResBlocksMiddle;
-        o["norm_type"] = NormType;
-        o["use_fp16"] = UseFp16;
+        var p = new ConfigProblems(TrellisClassName);
+        p.Channels(OwnChannels.Key, OwnChannels.Value);
+        ValidateCommon(p);
+        p.ThrowIfAny();
     }
 
-    internal void Throw(List<string> errors)
+    /// <summary>The <c>args</c> object (every argument, Python keyword names).</summary>
+    public JsonObject ToArgs()
     {
-        if (errors.Count > 0) throw new ArgumentException($"invalid {TrellisClassName} config: {string.Join("; ", errors)}.", "config");
+        return new JsonObject
+        {
+            [OwnChannels.Key] = OwnChannels.Value,
+            ["latent_channels"] = LatentChannels,
+            ["num_res_blocks"] = NumResBlocks,
+            ["channels"] = new JsonArray(Channels.Select(c => (JsonNode)JsonValue.Create(c)).ToArray()),
+            ["num_res_blocks_middle"] = NumResBlocksMiddle,
+            ["norm_type"] = NormType,
+            ["use_fp16"] = UseFp16,
+        };
+    }
+
+    /// <summary>Reads the shared arguments into <paramref name="config"/> and reports every problem of <paramref name="a"/>.</summary>
+    private protected static T ReadCommon<T>(ConfigArgs a, T config) where T : SparseStructureVaeConfig
+    {
+        var c = config with
+        {
+            LatentChannels = a.Int("latent_channels"),
+            NumResBlocks = a.Int("num_res_blocks"),
+            Channels = a.IntList("channels"),
+            NumResBlocksMiddle = a.Int("num_res_blocks_middle", 2),
+            NormType = a.String("norm_type", "layer"),
+            UseFp16 = a.Bool("use_fp16", false),
+        };
+        a.Finish();
+        return c;
     }
 }
 
@@ -73,46 +98,20 @@ public sealed record SparseStructureEncoderConfig : SparseStructureVaeConfig
     /// <inheritdoc />
     public override string TrellisClassName => ClassName;
 
+    private protected override (string Key, long Value) OwnChannels => ("in_channels", InChannels);
+
     /// <summary>The released encoder <c>ss_enc_conv3d_16l8_fp16</c>.</summary>
     public static SparseStructureEncoderConfig Released => new()
     {
         InChannels = 1, LatentChannels = 8, NumResBlocks = 2, NumResBlocksMiddle = 2, Channels = new long[] { 32, 128, 512 }, UseFp16 = true,
     };
 
-    /// <inheritdoc />
-    public override void Validate()
-    {
-        var errors = new List<string>();
-        if (InChannels < 1) errors.Add($"in_channels must be >= 1, got {InChannels}");
-        ValidateCommon(errors);
-        Throw(errors);
-    }
-
     /// <summary>Reads the <c>args</c> object of a checkpoint config.</summary>
     /// <exception cref="ArgumentException">A missing, unknown or mistyped argument (all listed).</exception>
     public static SparseStructureEncoderConfig FromArgs(JsonObject? args)
     {
         var a = new ConfigArgs(ClassName, args);
-        var cfg = new SparseStructureEncoderConfig
-        {
-            InChannels = a.Int("in_channels"),
-            LatentChannels = a.Int("latent_channels"),
-            NumResBlocks = a.Int("num_res_blocks"),
-            Channels = a.IntList("channels"),
-            NumResBlocksMiddle = a.Int("num_res_blocks_middle", 2),
-            NormType = a.String("norm_type", "layer"),
-            UseFp16 = a.Bool("use_fp16", false),
-        };
-        a.Finish();
-        return cfg;
-    }
-
-    /// <inheritdoc />
-    public override JsonObject ToArgs()
-    {
-        var o = new JsonObject { ["in_channels"] = InChannels };
-        WriteCommon(o);
-        return o;
+        return ReadCommon(a, new SparseStructureEncoderConfig { InChannels = a.Int("in_channels"), LatentChannels = 0, NumResBlocks = 0, Channels = Array.Empty<long>() });
     }
 }
 
@@ -128,45 +127,19 @@ public sealed record SparseStructureDecoderConfig : SparseStructureVaeConfig
     /// <inheritdoc />
     public override string TrellisClassName => ClassName;
 
+    private protected override (string Key, long Value) OwnChannels => ("out_channels", OutChannels);
+
     /// <summary>The released decoder <c>ss_dec_conv3d_16l8_fp16</c> (16³×8 latent → 64³ logits).</summary>
     public static SparseStructureDecoderConfig Released => new()
     {
         OutChannels = 1, LatentChannels = 8, NumResBlocks = 2, NumResBlocksMiddle = 2, Channels = new long[] { 512, 128, 32 }, UseFp16 = true,
     };
 
-    /// <inheritdoc />
-    public override void Validate()
-    {
-        var errors = new List<string>();
-        if (OutChannels < 1) errors.Add($"out_channels must be >= 1, got {OutChannels}");
-        ValidateCommon(errors);
-        Throw(errors);
-    }
-
     /// <summary>Reads the <c>args</c> object of a checkpoint config.</summary>
     /// <exception cref="ArgumentException">A missing, unknown or mistyped argument (all listed).</exception>
     public static SparseStructureDecoderConfig FromArgs(JsonObject? args)
     {
         var a = new ConfigArgs(ClassName, args);
-        var cfg = new SparseStructureDecoderConfig
-        {
-            OutChannels = a.Int("out_channels"),
-            LatentChannels = a.Int("latent_channels"),
-            NumResBlocks = a.Int("num_res_blocks"),
-            Channels = a.IntList("channels"),
-            NumResBlocksMiddle = a.Int("num_res_blocks_middle", 2),
-            NormType = a.String("norm_type", "layer"),
-            UseFp16 = a.Bool("use_fp16", false),
-        };
-        a.Finish();
-        return cfg;
-    }
-
-    /// <inheritdoc />
-    public override JsonObject ToArgs()
-    {
-        var o = new JsonObject { ["out_channels"] = OutChannels };
-        WriteCommon(o);
-        return o;
+        return ReadCommon(a, new SparseStructureDecoderConfig { OutChannels = a.Int("out_channels"), LatentChannels = 0, NumResBlocks = 0, Channels = Array.Empty<long>() });
     }
 }

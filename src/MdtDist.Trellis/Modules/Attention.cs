@@ -17,8 +17,9 @@ internal static class DenseAttention
 
     /// <summary>
     /// softmax(q·kᵀ/√D)·v with q <c>[B, Lq, H, D]</c>, k <c>[B, Lk, H, D]</c>, v <c>[B, Lk, H, Dv]</c>; returns <c>[B, Lq, H, Dv]</c>.
+    /// With <paramref name="causal"/> (Lq = Lk), query i attends to keys j ≤ i only.
     /// </summary>
-    public static Tensor Compute(Tensor q, Tensor k, Tensor v, AttentionBackend backend)
+    public static Tensor Compute(Tensor q, Tensor k, Tensor v, AttentionBackend backend, bool causal = false)
     {
         using var scope = torch.NewDisposeScope();
         var qh = q.permute(0, 2, 1, 3);
@@ -28,12 +29,17 @@ internal static class DenseAttention
         if (Resolve(backend, q) == AttentionBackend.Sdpa)
         {
             // SDPA's default scale is 1/sqrt(D), the scale TRELLIS uses.
-            o = F.scaled_dot_product_attention(qh, kh, vh);
+            o = F.scaled_dot_product_attention(qh, kh, vh, is_casual: causal);
         }
         else
         {
             double scale = 1.0 / System.Math.Sqrt(q.shape[^1]);
             var w = torch.matmul(qh, kh.transpose(-2, -1)) * scale;
+            if (causal)
+            {
+                var future = torch.ones(w.shape[^2], w.shape[^1], dtype: ScalarType.Bool, device: w.device).triu(1);
+                w = w.masked_fill(future, double.NegativeInfinity);
+            }
             w = torch.softmax(w, -1);
             o = torch.matmul(w, vh);
         }

@@ -42,9 +42,9 @@ internal sealed class ResBlock3d : nn.Module<Tensor, Tensor>
         long oc = outChannels ?? channels;
         norm1 = VaeNorm.Create(normType, channels, dtype, device);
         norm2 = VaeNorm.Create(normType, oc, dtype, device);
-        conv1 = nn.Conv3d(channels, oc, 3, padding: 1, device: device, dtype: dtype);
-        conv2 = nn.Conv3d(oc, oc, 3, padding: 1, device: device, dtype: dtype);
-        if (oc != channels) skip_connection = nn.Conv3d(channels, oc, 1, device: device, dtype: dtype);
+        conv1 = Init.Conv3d(channels, oc, 3, padding: 1, dtype: dtype, device: device);
+        conv2 = Init.Conv3d(oc, oc, 3, padding: 1, dtype: dtype, device: device);
+        if (oc != channels) skip_connection = Init.Conv3d(channels, oc, 1, dtype: dtype, device: device);
         RegisterComponents();
     }
 
@@ -71,7 +71,7 @@ internal sealed class DownsampleBlock3d : nn.Module<Tensor, Tensor>
 
     public DownsampleBlock3d(long inChannels, long outChannels, string mode, ScalarType dtype, Device? device) : base(nameof(DownsampleBlock3d))
     {
-        if (mode == "conv") conv = nn.Conv3d(inChannels, outChannels, 2, stride: 2, device: device, dtype: dtype);
+        if (mode == "conv") conv = Init.Conv3d(inChannels, outChannels, 2, stride: 2, dtype: dtype, device: device);
         else if (mode == "avgpool")
         {
             if (inChannels != outChannels) throw new ArgumentException($"avgpool downsampling needs in_channels == out_channels, got {inChannels} and {outChannels}.", nameof(outChannels));
@@ -95,7 +95,7 @@ internal sealed class UpsampleBlock3d : nn.Module<Tensor, Tensor>
 
     public UpsampleBlock3d(long inChannels, long outChannels, string mode, ScalarType dtype, Device? device) : base(nameof(UpsampleBlock3d))
     {
-        if (mode == "conv") conv = nn.Conv3d(inChannels, outChannels * 8, 3, padding: 1, device: device, dtype: dtype);
+        if (mode == "conv") conv = Init.Conv3d(inChannels, outChannels * 8, 3, padding: 1, dtype: dtype, device: device);
         else if (mode == "nearest")
         {
             if (inChannels != outChannels) throw new ArgumentException($"nearest upsampling needs in_channels == out_channels, got {inChannels} and {outChannels}.", nameof(outChannels));

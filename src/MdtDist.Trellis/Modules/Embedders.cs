@@ -38,7 +38,7 @@ internal sealed class TimestepEmbedder : nn.Module<Tensor, Tensor>
         using var scope = torch.NewDisposeScope();
         long half = dim / 2;
         var freqs = torch.exp(torch.arange(0, half, dtype: dtype, device: t.device) * (-Math.Log(maxPeriod)) / half);
-        var args = Precision.Cast(t, dtype).unsqueeze(1) * freqs.unsqueeze(0);
+        var args = t.As(dtype).unsqueeze(1) * freqs.unsqueeze(0);
         var emb = torch.cat(new[] { torch.cos(args), torch.sin(args) }, -1);
         if (dim % 2 == 1) emb = torch.cat(new[] { emb, torch.zeros_like(emb[.., ..1]) }, -1);
         return emb.MoveToOuterDisposeScope();
@@ -49,7 +49,7 @@ internal sealed class TimestepEmbedder : nn.Module<Tensor, Tensor>
         using var scope = torch.NewDisposeScope();
         var pd = _first.weight.dtype;
         var freq = Sinusoid(t, FrequencyEmbeddingSize, Precision.AtLeastFloat32(pd));
-        return mlp.forward(Precision.Cast(freq, pd)).MoveToOuterDisposeScope();
+        return mlp.forward(freq.As(pd)).MoveToOuterDisposeScope();
     }
 
     protected override void RegisterComponents() { }

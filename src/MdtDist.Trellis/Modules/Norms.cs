@@ -37,10 +37,10 @@ internal sealed class LayerNorm32 : nn.Module<Tensor, Tensor>
     {
         var cd = Precision.AtLeastFloat32(x.dtype);
         using var scope = torch.NewDisposeScope();
-        var y = F.layer_norm(Precision.Cast(x, cd), _shape,
-            weight is null ? null : Precision.Cast(weight, cd),
-            bias is null ? null : Precision.Cast(bias, cd), Eps);
-        return Precision.Cast(y, x.dtype).MoveToOuterDisposeScope();
+        var y = F.layer_norm(x.As(cd), _shape,
+            weight is null ? null : weight.As(cd),
+            bias is null ? null : bias.As(cd), Eps);
+        return y.As(x.dtype).MoveToOuterDisposeScope();
     }
 }
 
@@ -78,8 +78,8 @@ internal sealed class ChannelLayerNorm32 : nn.Module<Tensor, Tensor>
         var cd = Precision.AtLeastFloat32(x.dtype);
         using var scope = torch.NewDisposeScope();
         var h = x.permute(toLast).contiguous();
-        h = F.layer_norm(Precision.Cast(h, cd), _shape, Precision.Cast(weight, cd), Precision.Cast(bias, cd), Eps);
-        h = Precision.Cast(h, x.dtype);
+        h = F.layer_norm(h.As(cd), _shape, weight.As(cd), bias.As(cd), Eps);
+        h = h.As(x.dtype);
         return h.permute(toFirst).contiguous().MoveToOuterDisposeScope();
     }
 }
@@ -110,8 +110,8 @@ internal sealed class GroupNorm32 : nn.Module<Tensor, Tensor>
     {
         var cd = Precision.AtLeastFloat32(x.dtype);
         using var scope = torch.NewDisposeScope();
-        var y = F.group_norm(Precision.Cast(x, cd), NumGroups, Precision.Cast(weight, cd), Precision.Cast(bias, cd), Eps);
-        return Precision.Cast(y, x.dtype).MoveToOuterDisposeScope();
+        var y = F.group_norm(x.As(cd), NumGroups, weight.As(cd), bias.As(cd), Eps);
+        return y.As(x.dtype).MoveToOuterDisposeScope();
     }
 }
 
@@ -139,8 +139,8 @@ internal sealed class MultiHeadRMSNorm : nn.Module<Tensor, Tensor>
     {
         var cd = Precision.AtLeastFloat32(x.dtype);
         using var scope = torch.NewDisposeScope();
-        var n = F.normalize(Precision.Cast(x, cd), p: 2.0, dim: -1, eps: 1e-12);
-        var y = n * Precision.Cast(gamma, cd) * Scale;
-        return Precision.Cast(y, x.dtype).MoveToOuterDisposeScope();
+        var n = F.normalize(x.As(cd), p: 2.0, dim: -1, eps: 1e-12);
+        var y = n * gamma.As(cd) * Scale;
+        return y.As(x.dtype).MoveToOuterDisposeScope();
     }
 }

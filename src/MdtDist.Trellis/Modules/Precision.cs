@@ -24,11 +24,8 @@ internal static class Precision
             throw new ArgumentException($"{argumentName}: expected float16, bfloat16, float32 or float64, got {t}.", argumentName);
     }
 
-    /// <summary>Casts <paramref name="x"/> to <paramref name="t"/> (returns <paramref name="x"/> itself when it already has that dtype).</summary>
-    public static Tensor Cast(Tensor x, ScalarType t) => x.dtype == t ? x : x.to(t);
-
     /// <summary>Formats a shape as [a, b, c].</summary>
-    public static string Shape(long[] shape) => "[" + string.Join(", ", shape) + "]";
+    public static string Shape(long[] shape) => MdtDist.Core.ArgumentChecks.Shape(shape);
 
     /// <summary><c>F.layer_norm</c> over the last axis, computed in at least float32, returned in the input dtype.</summary>
     public static Tensor LayerNorm(Tensor x, Tensor? weight, Tensor? bias, double eps)
@@ -62,6 +59,6 @@ internal static class Precision
         return f().MoveToOuterDisposeScope();
     }
 
-    /// <summary>Casts <paramref name="x"/> to <paramref name="dtype"/> when it differs.</summary>
+    /// <summary>Casts <paramref name="x"/> to <paramref name="dtype"/> (returns <paramref name="x"/> itself when it already has that dtype).</summary>
     public static Tensor As(this Tensor x, ScalarType dtype) => x.dtype == dtype ? x : x.to(dtype);
 }

@@ -84,41 +84,82 @@ public sealed record StageSampler
         return n;
     }
 
+    /// <summary>The most steps a stage may take (a bound on what a file can make the library allocate: the time grid and
+    /// the step loop are O(steps)).</summary>
+    public const int MaxSteps = 10_000;
+
+    /// <summary>Every problem of these settings, keyed by the <c>pipeline.json</c> name of the value.</summary>
+    internal IEnumerable<string> Problems()
+    {
+        if (ExplicitGrid is null && (Steps < 1 || Steps > MaxSteps)) yield return $"steps: must be in [1, {MaxSteps}], found {Steps}";
+        if (!double.IsFinite(CfgStrength) || CfgStrength < 0) yield return $"cfg_strength: must be a finite number >= 0, found {CfgStrength}";
+        if (!double.IsFinite(CfgIntervalStart) || CfgIntervalStart < 0 || CfgIntervalStart > 1)
+            yield return $"cfg_interval[0]: must be in [0, 1], found {CfgIntervalStart}";
+        if (!double.IsFinite(CfgIntervalEnd) || CfgIntervalEnd < 0 || CfgIntervalEnd > 1)
+            yield return $"cfg_interval[1]: must be in [0, 1], found {CfgIntervalEnd}";
+        if (CfgIntervalStart > CfgIntervalEnd) yield return $"cfg_interval: is reversed, [{CfgIntervalStart}, {CfgIntervalEnd}]";
+        if (ExplicitGrid is null && (!double.IsFinite(RescaleT) || RescaleT <= 0)) yield return $"rescale_t: must be a finite number > 0, found {RescaleT}";
+        if (!double.IsFinite(SigmaMin) || SigmaMin < 0 || SigmaMin >= 1) yield return $"sigma_min: must be in [0, 1), found {SigmaMin}";
+        if (!Enum.IsDefined(Solver)) yield return $"solver: unknown solver {Solver}";
+    }
+
+    /// <summary>Checks every setting: 1 ≤ steps ≤ <see cref="MaxSteps"/>, cfg_strength ≥ 0, the guidance interval inside
+    /// [0, 1] and not reversed, rescale_t &gt; 0, σ_min in [0, 1).</summary>
+    /// <exception cref="ArgumentException">Every invalid setting, in one message.</exception>
+    public void Validate()
+    {
+        var problems = Problems().ToList();
+        if (problems.Count > 0) throw new ArgumentException($"invalid stage sampler settings: {string.Join("; ", problems)}.");
+    }
+
     /// <summary>
     /// Reads a sampler entry of TRELLIS's <c>pipeline.json</c>: <c>{"name": "FlowEuler…Sampler", "args": {"sigma_min": …},
-    /// "params": {"steps", "cfg_strength", "cfg_interval", "rescale_t"}}</c>.
+    /// "params": {"steps", "cfg_strength", "cfg_interval", "rescale_t"}}</c>. A missing param takes the default of TRELLIS's
+    /// <c>sample()</c>: steps 50, rescale_t 1, cfg_strength 3 and cfg_interval [0, 1] (no guidance for <c>FlowEulerSampler</c>).
     /// </summary>
-    /// <exception cref="InvalidDataException">An unknown sampler class or malformed params.</exception>
+    /// <param name="sampler">The sampler entry.</param>
+    /// <param name="source">Names the file (and key) in error messages.</param>
+    /// <exception cref="InvalidDataException">An unknown sampler class, a value of the wrong JSON type or out of range
+    /// (negative steps or guidance, a reversed interval, rescale_t ≤ 0, σ_min ≥ 1, more than <see cref="MaxSteps"/> steps); the
+    /// message names <paramref name="source"/> and every offending key.</exception>
     public static StageSampler FromPipelineJson(JsonElement sampler, string source = "pipeline.json")
     {
-        string name = sampler.TryGetProperty("name", out var n) ? n.GetString() ?? "" : "";
-        var s = new StageSampler();
-        bool interval = name == "FlowEulerGuidanceIntervalSampler";
-        if (name is not ("FlowEulerSampler" or "FlowEulerCfgSampler" or "FlowEulerGuidanceIntervalSampler"))
-            throw new InvalidDataException($"{source}: unknown sampler class '{name}' (expected FlowEulerSampler, FlowEulerCfgSampler or FlowEulerGuidanceIntervalSampler).");
-        try
+        var reader = new PipelineJson(source);
+        var s = Read(reader, sampler, "");
+        reader.ThrowIfAny();
+        return s!;
+    }
+
+    internal static StageSampler? Read(PipelineJson reader, JsonElement sampler, string path)
+    {
+        string Key(string k) => path.Length == 0 ? k : $"{path}.{k}";
+        if (sampler.ValueKind != JsonValueKind.Object)
         {
-            if (sampler.TryGetProperty("args", out var a) && a.TryGetProperty("sigma_min", out var sm)) s = s with { SigmaMin = sm.GetDouble() };
-            if (sampler.TryGetProperty("params", out var p))
-            {
-                if (p.TryGetProperty("steps", out var st)) s = s with { Steps = st.GetInt32() };
-                s = s with { CfgStrength = p.TryGetProperty("cfg_strength", out var cs) ? cs.GetDouble() : 0 };
-                if (p.TryGetProperty("rescale_t", out var rt)) s = s with { RescaleT = rt.GetDouble() };
-                else s = s with { RescaleT = 1.0 };
-                if (interval && p.TryGetProperty("cfg_interval", out var ci))
-                {
-                    var v = ci.EnumerateArray().Select(e => e.GetDouble()).ToArray();
-                    if (v.Length != 2) throw new InvalidDataException($"{source}: cfg_interval must have two numbers.");
-                    s = s with { CfgIntervalStart = v[0], CfgIntervalEnd = v[1] };
-                }
-                else s = s with { CfgIntervalStart = 0, CfgIntervalEnd = 1 };
-            }
+            reader.Add(path.Length == 0 ? "sampler" : path, $"must be an object, found {PipelineJson.Kind(sampler)}");
+            return null;
         }
-        catch (Exception e) when (e is InvalidOperationException or FormatException)
+        string? name = reader.String(sampler, path, "name", required: true);
+        if (name is not (null or "FlowEulerSampler" or "FlowEulerCfgSampler" or "FlowEulerGuidanceIntervalSampler"))
+            reader.Add(Key("name"), $"unknown sampler class '{name}' (expected FlowEulerSampler, FlowEulerCfgSampler or FlowEulerGuidanceIntervalSampler)");
+        int before = reader.Problems.Count;
+        var s = new StageSampler { Steps = 50, RescaleT = 1.0, CfgStrength = name == "FlowEulerSampler" ? 0 : 3.0, CfgIntervalStart = 0, CfgIntervalEnd = 1 };
+        if (reader.TryObject(sampler, path, "args", required: false, out var args) && reader.Number(args, Key("args"), "sigma_min") is { } sm)
+            s = s with { SigmaMin = sm };
+        if (reader.TryObject(sampler, path, "params", required: false, out var p))
         {
-            throw new InvalidDataException($"{source}: malformed sampler params ({e.Message}).", e);
+            string pp = Key("params");
+            if (reader.Integer(p, pp, "steps", int.MinValue, int.MaxValue) is { } steps) s = s with { Steps = steps };
+            if (reader.Number(p, pp, "rescale_t") is { } rt) s = s with { RescaleT = rt };
+            if (name != "FlowEulerSampler" && reader.Number(p, pp, "cfg_strength") is { } cs) s = s with { CfgStrength = cs };
+            if (name == "FlowEulerGuidanceIntervalSampler" && reader.Numbers(p, pp, "cfg_interval", required: false, length: 2) is { } ci)
+                s = s with { CfgIntervalStart = ci[0], CfgIntervalEnd = ci[1] };
         }
-        if (name == "FlowEulerSampler") s = s with { CfgStrength = 0 };
-        return s;
+        foreach (var problem in s.Problems())
+        {
+            var at = problem.IndexOf(':');
+            string key = problem[..at] == "sigma_min" ? Key("args") : Key("params");
+            reader.Add($"{key}.{problem[..at]}", problem[(at + 2)..]);
+        }
+        return reader.Problems.Count == before ? s : null;
     }
 }

@@ -14,24 +14,32 @@ public sealed record TrellisStageResult<T>(T Result, int Evaluations, TimeSpan E
 /// <summary>What <see cref="TrellisPipeline.Decode"/> made of a structured latent, one entry per sample of its batch.</summary>
 public sealed class TrellisDecoded : IDisposable
 {
-    internal TrellisDecoded(IReadOnlyList<Gaussians>? gaussians) => Gaussians = gaussians;
+    internal TrellisDecoded(IReadOnlyList<Gaussians>? gaussians, IReadOnlyList<Mesh>? meshes = null)
+    {
+        Gaussians = gaussians;
+        Meshes = meshes;
+    }
 
     /// <summary>One Gaussian set per sample, or null when <see cref="TrellisFormats.Gaussians"/> was not decoded.</summary>
     public IReadOnlyList<Gaussians>? Gaussians { get; }
+
+    /// <summary>One mesh per sample, or null when <see cref="TrellisFormats.Mesh"/> was not decoded.</summary>
+    public IReadOnlyList<Mesh>? Meshes { get; }
 
     /// <inheritdoc />
     public void Dispose()
     {
         if (Gaussians is not null) foreach (var g in Gaussians) g.Dispose();
+        if (Meshes is not null) foreach (var m in Meshes) m.Dispose();
     }
 }
 
 /// <summary>One generated sample.</summary>
 public sealed class TrellisSample
 {
-    internal TrellisSample(int index, Tensor coords, Tensor? latent, Gaussians? gaussians)
+    internal TrellisSample(int index, Tensor coords, Tensor? latent, Gaussians? gaussians, Mesh? mesh = null)
     {
-        Index = index; Coords = coords; Latent = latent; Gaussians = gaussians;
+        Index = index; Coords = coords; Latent = latent; Gaussians = gaussians; Mesh = mesh;
     }
 
     /// <summary>Index of the sample in the batch.</summary>
@@ -48,6 +56,9 @@ public sealed class TrellisSample
 
     /// <summary>The decoded Gaussians (null when empty or not decoded).</summary>
     public Gaussians? Gaussians { get; }
+
+    /// <summary>The decoded mesh (null when empty or not decoded; an empty mesh when FlexiCubes found no surface).</summary>
+    public Mesh? Mesh { get; }
 }
 
 /// <summary>The result of a <see cref="TrellisPipeline"/> run. Dispose it to free its tensors.</summary>
@@ -97,6 +108,7 @@ public sealed class TrellisOutput : IDisposable
             s.Coords.Dispose();
             s.Latent?.Dispose();
             s.Gaussians?.Dispose();
+            s.Mesh?.Dispose();
         }
     }
 }

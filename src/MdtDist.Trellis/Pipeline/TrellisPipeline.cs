@@ -17,7 +17,8 @@ namespace MdtDist.Trellis.Pipeline;
 
 /// <summary>
 /// TRELLIS's two-stage image-to-3D pipeline: condition tokens → stage-1 flow (sparse structure) → structure decoder →
-/// occupied voxels → stage-2 flow (structured latent) on those voxels → un-normalise → Gaussian decoder. Each stage's
+/// occupied voxels → stage-2 flow (structured latent) on those voxels → un-normalise → Gaussian and/or mesh decoder
+/// (FlexiCubes). Each stage's
 /// solver, steps and guidance are set independently, so a 25-step teacher and a 1–2 step MDT-dist student run through
 /// the same code; either flow network can be replaced by a student (<see cref="WithStructureFlow"/>,
 /// <see cref="WithLatentFlow"/>). Runs batches of several samples, seeds make runs reproducible, progress is reported
@@ -31,12 +32,13 @@ public sealed class TrellisPipeline
     /// <exception cref="ArgumentException">The networks do not fit together (channels, condition widths).</exception>
     public TrellisPipeline(SparseStructureFlowModel structureFlow, SparseStructureDecoder structureDecoder, SLatFlowModel latentFlow,
         SLatGaussianDecoder? gaussianDecoder = null, SLatNormalization? normalization = null,
-        StageSampler? structureSampler = null, StageSampler? latentSampler = null, ILogger? logger = null)
+        StageSampler? structureSampler = null, StageSampler? latentSampler = null, ILogger? logger = null, SLatMeshDecoder? meshDecoder = null)
     {
         StructureFlow = structureFlow ?? throw new ArgumentNullException(nameof(structureFlow));
         StructureDecoder = structureDecoder ?? throw new ArgumentNullException(nameof(structureDecoder));
         LatentFlow = latentFlow ?? throw new ArgumentNullException(nameof(latentFlow));
         GaussianDecoder = gaussianDecoder;
+        MeshDecoder = meshDecoder;
         Normalization = normalization ?? SLatNormalization.TrellisImageLarge;
         StructureSampler = structureSampler ?? StageSampler.TrellisImageLarge;
         LatentSampler = latentSampler ?? StageSampler.TrellisImageLarge;
@@ -62,70 +64,71 @@ public sealed class TrellisPipeline
     /// <summary>The Gaussian decoder, if loaded.</summary>
     public SLatGaussianDecoder? GaussianDecoder { get; }
 
+    /// <summary>The mesh decoder (FlexiCubes features), if loaded.</summary>
+    public SLatMeshDecoder? MeshDecoder { get; }
+
     /// <summary>The structured-latent normalisation.</summary>
     public SLatNormalization Normalization { get; }
 
     /// <summary>The stage-1 sampler settings (defaults from <c>pipeline.json</c>).</summary>
-    public StageSampler StructureSampler { get; init; }
+    /// <exception cref="ArgumentException">Invalid settings (see <see cref="StageSampler.Validate"/>).</exception>
+    public StageSampler StructureSampler { get => _structureSampler; init => _structureSampler = Checked(value); }
 
     /// <summary>The stage-2 sampler settings (defaults from <c>pipeline.json</c>).</summary>
-    public StageSampler LatentSampler { get; init; }
+    /// <exception cref="ArgumentException">Invalid settings (see <see cref="StageSampler.Validate"/>).</exception>
+    public StageSampler LatentSampler { get => _latentSampler; init => _latentSampler = Checked(value); }
+
+    private readonly StageSampler _structureSampler = StageSampler.TrellisImageLarge;
+    private readonly StageSampler _latentSampler = StageSampler.TrellisImageLarge;
+
+    private static StageSampler Checked(StageSampler sampler)
+    {
+        ArgumentNullException.ThrowIfNull(sampler);
+        sampler.Validate();
+        return sampler;
+    }
 
     /// <summary>Width of the condition tokens both flows take.</summary>
     public long ConditionChannels => StructureFlow.Config.CondChannels;
 
     /// <summary>The same pipeline with another stage-1 flow (e.g. a distilled student) and, optionally, its sampler.</summary>
     public TrellisPipeline WithStructureFlow(SparseStructureFlowModel flow, StageSampler? sampler = null) =>
-        new(flow, StructureDecoder, LatentFlow, GaussianDecoder, Normalization, sampler ?? StructureSampler, LatentSampler, _logger);
+        new(flow, StructureDecoder, LatentFlow, GaussianDecoder, Normalization, sampler ?? StructureSampler, LatentSampler, _logger, MeshDecoder);
 
     /// <summary>The same pipeline with another stage-2 flow (e.g. a distilled student) and, optionally, its sampler.</summary>
     public TrellisPipeline WithLatentFlow(SLatFlowModel flow, StageSampler? sampler = null) =>
-        new(StructureFlow, StructureDecoder, flow, GaussianDecoder, Normalization, StructureSampler, sampler ?? LatentSampler, _logger);
+        new(StructureFlow, StructureDecoder, flow, GaussianDecoder, Normalization, StructureSampler, sampler ?? LatentSampler, _logger, MeshDecoder);
 
     /// <summary>
     /// Loads a TRELLIS model folder: <c>pipeline.json</c> (its <c>models</c>, samplers and <c>slat_normalization</c>)
     /// and the <c>ckpts/NAME.json</c> + <c>ckpts/NAME.safetensors</c> it names. A model given as
     /// <c>owner/repo/ckpts/NAME</c> (TRELLIS-text's references into TRELLIS-image-large) is looked up in the folder, then
-    /// in a sibling folder named after the repository.
+    /// in a sibling folder named after the repository. The Gaussian and mesh decoders are loaded when <c>pipeline.json</c>
+    /// names them (<c>slat_decoder_gs</c>, <c>slat_decoder_mesh</c>) and the corresponding flag is set.
     /// </summary>
     /// <exception cref="FileNotFoundException">pipeline.json or a checkpoint is missing (the message names the paths tried).</exception>
-    /// <exception cref="InvalidDataException">pipeline.json is malformed.</exception>
-    public static TrellisPipeline FromFolder(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null, ILogger? logger = null, bool loadGaussianDecoder = true)
+    /// <exception cref="InvalidDataException">pipeline.json is malformed or holds invalid values (checked before any network is
+    /// built; see <see cref="TrellisPipelineConfig.Read"/>), or a checkpoint is corrupt.</exception>
+    public static TrellisPipeline FromFolder(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null, ILogger? logger = null, bool loadGaussianDecoder = true,
+        bool loadMeshDecoder = true)
     {
+        ArgumentNullException.ThrowIfNull(folder);
         var pj = Path.Combine(folder, "pipeline.json");
         if (!File.Exists(pj)) throw new FileNotFoundException($"'{folder}' is not a TRELLIS model folder: '{pj}' does not exist.", pj);
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllText(pj)); }
-        catch (JsonException e) { throw new InvalidDataException($"'{pj}' is not valid JSON: {e.Message}", e); }
-        using var docScope = doc;
-        var root = doc.RootElement;
-        var args = root.TryGetProperty("args", out var a) ? a : root;
-        if (!args.TryGetProperty("models", out var models) || models.ValueKind != JsonValueKind.Object)
-            throw new InvalidDataException($"'{pj}' has no \"models\" object.");
-        string Model(string key)
-        {
-            if (!models.TryGetProperty(key, out var v) || v.GetString() is not { Length: > 0 } rel)
-                throw new InvalidDataException($"'{pj}': models has no \"{key}\".");
-            return ResolveModelPath(folder, rel);
-        }
+        var config = TrellisPipelineConfig.Read(pj);
+        string Model(string key) => ResolveModelPath(folder, config.Models[key]);
         var log = logger ?? NullLogger.Instance;
         var ssFlow = TrellisCheckpoint.Load<SparseStructureFlowModel>(Model("sparse_structure_flow_model"), dtype, device);
         var ssDec = TrellisCheckpoint.Load<SparseStructureDecoder>(Model("sparse_structure_decoder"), dtype, device);
         var slatFlow = TrellisCheckpoint.Load<SLatFlowModel>(Model("slat_flow_model"), dtype, device);
         SLatGaussianDecoder? gs = null;
-        if (loadGaussianDecoder && models.TryGetProperty("slat_decoder_gs", out _))
+        if (loadGaussianDecoder && config.Models.ContainsKey("slat_decoder_gs"))
             gs = TrellisCheckpoint.Load<SLatGaussianDecoder>(Model("slat_decoder_gs"), dtype, device);
-        var ssSampler = args.TryGetProperty("sparse_structure_sampler", out var s1) ? StageSampler.FromPipelineJson(s1, pj) : StageSampler.TrellisImageLarge;
-        var slatSampler = args.TryGetProperty("slat_sampler", out var s2) ? StageSampler.FromPipelineJson(s2, pj) : StageSampler.TrellisImageLarge;
-        var norm = SLatNormalization.TrellisImageLarge;
-        if (args.TryGetProperty("slat_normalization", out var n))
-        {
-            try { norm = new SLatNormalization(n.GetProperty("mean").EnumerateArray().Select(e => e.GetDouble()).ToArray(), n.GetProperty("std").EnumerateArray().Select(e => e.GetDouble()).ToArray()); }
-            catch (Exception e) when (e is KeyNotFoundException or InvalidOperationException or FormatException)
-            { throw new InvalidDataException($"'{pj}': malformed slat_normalization ({e.Message}).", e); }
-        }
-        log.LogInformation("Loaded TRELLIS pipeline from {Folder} ({DType}); stage 1: {S1}; stage 2: {S2}", folder, dtype, ssSampler, slatSampler);
-        return new TrellisPipeline(ssFlow, ssDec, slatFlow, gs, norm, ssSampler, slatSampler, logger);
+        SLatMeshDecoder? mesh = null;
+        if (loadMeshDecoder && config.Models.ContainsKey("slat_decoder_mesh"))
+            mesh = TrellisCheckpoint.Load<SLatMeshDecoder>(Model("slat_decoder_mesh"), dtype, device);
+        log.LogInformation("Loaded TRELLIS pipeline from {Folder} ({DType}); stage 1: {S1}; stage 2: {S2}", folder, dtype, config.StructureSampler, config.LatentSampler);
+        return new TrellisPipeline(ssFlow, ssDec, slatFlow, gs, config.Normalization, config.StructureSampler, config.LatentSampler, logger, mesh);
     }
 
     internal static string ResolveModelPath(string folder, string rel)
@@ -187,6 +190,8 @@ public sealed class TrellisPipeline
         int b = options.NumSamples;
         if (b < 1) throw new ArgumentException($"NumSamples must be >= 1, got {b}.", nameof(options));
         CheckCondition(condition, b, nameof(condition), options.MultiImage);
+        if (options.StructureSampler is { } s1) Checked(s1);
+        if (options.LatentSampler is { } s2) Checked(s2);
         var ct = options.CancellationToken;
         var times = new TimeSpan[4];
         using var noGrad = torch.no_grad();
@@ -240,7 +245,7 @@ public sealed class TrellisPipeline
     // ------------------------------------------------------------------------------------------------------------
 
     /// <summary>The shape of the stage-1 noise for <paramref name="numSamples"/> samples: <c>[B, C, R, R, R]</c>.</summary>
-    public long[] StructureNoiseShape(int numSamples) => new TrellisFlowModel(StructureFlow).LatentShape(numSamples);
+    public long[] StructureNoiseShape(int numSamples) => new SparseStructureFlowAdapter(StructureFlow).LatentShape(numSamples);
 
     /// <summary>
     /// Stage 1 (TRELLIS's <c>sample_sparse_structure</c> up to the decoder): solves the sparse-structure flow from noise
@@ -259,11 +264,11 @@ public sealed class TrellisPipeline
         if (numSamples < 1) throw new ArgumentException($"numSamples must be >= 1, got {numSamples}.", nameof(numSamples));
         options ??= new TrellisStageOptions();
         CheckCondition(condition, numSamples, nameof(condition), options.MultiImage);
-        var sampler = options.Sampler ?? StructureSampler;
+        var sampler = Checked(options.Sampler ?? StructureSampler);
         var sw = Stopwatch.StartNew();
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
-        var model = new TrellisFlowModel(StructureFlow);
+        var model = new SparseStructureFlowAdapter(StructureFlow);
         var noise = StageNoise(options, model.LatentShape(numSamples), StructureFlow.DType, StructureFlow.Device, "stage-1");
         using var result = sampler.CreateSolver().Sample(Guided(sampler, model, condition, options.MultiImage), Latent.Dense(noise), condition.Cond, sampler.Grid(),
             new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.SparseStructure), CancellationToken = options.CancellationToken });
@@ -301,12 +306,12 @@ public sealed class TrellisPipeline
         if (coords.dim() != 2 || coords.shape[1] != 4 || coords.shape[0] == 0)
             throw new ArgumentException($"coords must be occupied voxels [N >= 1, 4] (sample, x, y, z), found [{string.Join(", ", coords.shape)}].", nameof(coords));
         options ??= new TrellisStageOptions();
-        var sampler = options.Sampler ?? LatentSampler;
+        var sampler = Checked(options.Sampler ?? LatentSampler);
         var sw = Stopwatch.StartNew();
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var device = ModuleInfo.DeviceOf(LatentFlow);
-        var sites = new SparseCoordinates(coords.to(ScalarType.Int32, device), LatentFlow.Config.Resolution);
+        var sites = new SparseCoordinates(coords.to(ScalarType.Int32, device), (int)LatentFlow.Config.Resolution);
         CheckCondition(condition, sites.BatchSize, nameof(condition), options.MultiImage);
         var noise = StageNoise(options, new[] { sites.Count, (long)LatentFlow.Config.InChannels }, ModuleInfo.DTypeOf(LatentFlow), device, "stage-2");
         var x = new SparseTensor(noise, sites);
@@ -318,21 +323,72 @@ public sealed class TrellisPipeline
     }
 
     /// <summary>The formats this pipeline has decoders for.</summary>
-    public TrellisFormats AvailableFormats => GaussianDecoder is null ? TrellisFormats.None : TrellisFormats.Gaussians;
+    public TrellisFormats AvailableFormats =>
+        (GaussianDecoder is null ? TrellisFormats.None : TrellisFormats.Gaussians) | (MeshDecoder is null ? TrellisFormats.None : TrellisFormats.Mesh);
 
     /// <summary>Decodes a structured latent (TRELLIS's <c>decode_slat</c>) into the requested <paramref name="formats"/>.</summary>
     /// <param name="slat">The un-normalised structured latent (<see cref="SampleStructuredLatent"/>).</param>
     /// <param name="formats">What to decode.</param>
     /// <returns>One entry per sample of each requested format (the caller disposes the result).</returns>
     /// <exception cref="InvalidOperationException">A requested format whose decoder this pipeline lacks.</exception>
-    /// <exception cref="NotSupportedException"><see cref="TrellisFormats.Mesh"/> (not decoded yet).</exception>
     public TrellisDecoded Decode(SparseTensor slat, TrellisFormats formats = TrellisFormats.Gaussians)
     {
         ArgumentNullException.ThrowIfNull(slat);
-        if (formats.HasFlag(TrellisFormats.Mesh))
-            throw new NotSupportedException("decoding TrellisFormats.Mesh is not supported yet.");
         var gaussians = formats.HasFlag(TrellisFormats.Gaussians) ? DecodeGaussians(slat) : null;
-        return new TrellisDecoded(gaussians);
+        IReadOnlyList<Mesh>? meshes = null;
+        try
+        {
+            meshes = formats.HasFlag(TrellisFormats.Mesh) ? DecodeMeshes(slat) : null;
+        }
+        catch
+        {
+            if (gaussians is not null) foreach (var g in gaussians) g.Dispose();
+            throw;
+        }
+        return new TrellisDecoded(gaussians, meshes);
+    }
+
+    /// <summary>
+    /// Decodes a structured latent into one mesh per sample with <see cref="MeshDecoder"/> and FlexiCubes, as TRELLIS's
+    /// <c>decode_slat</c> with <c>formats=['mesh']</c> (inference mode): vertices in the <c>[-0.5, 0.5]³</c> box (z up),
+    /// the decoder's colours (the first 3 of its 6 vertex channels) when it has them, and area-weighted vertex normals.
+    /// A sample without surface gives an empty mesh.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The pipeline has no mesh decoder.</exception>
+    public IReadOnlyList<Mesh> DecodeMeshes(SparseTensor slat)
+    {
+        ArgumentNullException.ThrowIfNull(slat);
+        if (MeshDecoder is null) throw new InvalidOperationException("this pipeline has no mesh decoder (pipeline.json models.slat_decoder_mesh).");
+        using var noGrad = torch.no_grad();
+        var meshes = new List<Mesh>();
+        try
+        {
+            IReadOnlyList<FlexiCubesInputs> inputs;
+            using (var scope = torch.NewDisposeScope())
+            {
+                var feats = slat.Feats.to(ModuleInfo.DTypeOf(MeshDecoder), ModuleInfo.DeviceOf(MeshDecoder));
+                inputs = MeshDecoder.Forward(slat.ReplaceFeats(feats));
+            }
+            try
+            {
+                foreach (var input in inputs)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    using var extracted = FlexiCubes.Extract(input);
+                    meshes.Add(extracted.ToMesh());
+                }
+            }
+            finally
+            {
+                foreach (var input in inputs) input.Dispose();
+            }
+        }
+        catch
+        {
+            foreach (var m in meshes) m.Dispose();
+            throw;
+        }
+        return meshes;
     }
 
     /// <summary>Decodes a structured latent into one Gaussian set per sample with <see cref="GaussianDecoder"/>.</summary>
@@ -344,7 +400,7 @@ public sealed class TrellisPipeline
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var feats = slat.Feats.to(ModuleInfo.DTypeOf(GaussianDecoder), ModuleInfo.DeviceOf(GaussianDecoder));
-        return GaussianDecoder.Forward(slat.ReplaceFeats(feats));
+        return GaussianDecoder.forward(slat.ReplaceFeats(feats));
     }
 
     // ------------------------------------------------------------------------------------------------------------
@@ -396,11 +452,13 @@ public sealed class TrellisPipeline
     {
         var perSample = new Tensor?[counts.Length];
         var gaussians = new Gaussians?[counts.Length];
+        var meshes = new Mesh?[counts.Length];
         for (int k = 0; k < nonEmpty.Length; k++)
         {
             var (start, len) = slat!.RowRanges[k];
             perSample[nonEmpty[k]] = slat.Feats.narrow(0, start, len).clone().DetachFromDisposeScope();
             gaussians[nonEmpty[k]] = decoded?.Gaussians?[k];
+            meshes[nonEmpty[k]] = decoded?.Meshes?[k];
         }
         var samples = new List<TrellisSample>();
         long offset = 0;
@@ -408,7 +466,7 @@ public sealed class TrellisPipeline
         {
             var c = coords.narrow(0, offset, counts[i])[.., 1..].clone().DetachFromDisposeScope();
             offset += counts[i];
-            samples.Add(new TrellisSample(i, c, perSample[i], gaussians[i]));
+            samples.Add(new TrellisSample(i, c, perSample[i], gaussians[i], meshes[i]));
         }
         return new TrellisOutput(z.DetachFromDisposeScope(), coords.DetachFromDisposeScope(), samples, times, ssEvals, slatEvals);
     }

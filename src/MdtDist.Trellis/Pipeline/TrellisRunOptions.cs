@@ -24,7 +24,7 @@ public enum TrellisFormats
     None = 0,
     /// <summary>3D Gaussians (<c>slat_decoder_gs</c>).</summary>
     Gaussians = 1,
-    /// <summary>A mesh (<c>slat_decoder_mesh</c>); not decoded yet.</summary>
+    /// <summary>A mesh (<c>slat_decoder_mesh</c> + FlexiCubes; see <see cref="TrellisPipeline.DecodeMeshes"/>).</summary>
     Mesh = 2,
 }
 

@@ -30,8 +30,10 @@ public sealed class FlexiCubesInputs : IDisposable
     /// <summary>The cube corners in TRELLIS's order (x fastest).</summary>
     internal static readonly long[,] CubeCorners = { { 0, 0, 0 }, { 1, 0, 0 }, { 0, 1, 0 }, { 1, 1, 0 }, { 0, 0, 1 }, { 1, 0, 1 }, { 0, 1, 1 }, { 1, 1, 1 } };
 
-    private FlexiCubesInputs(int resolution, bool useColor, Tensor cubeCoords, Tensor cubeWeights, Tensor vertexPositions, Tensor vertexAttributes)
+    private FlexiCubesInputs(int resolution, bool useColor, Tensor cubeCoords, Tensor cubeWeights, Tensor vertexPositions, Tensor vertexAttributes,
+        Tensor consistencyLoss)
     {
+        ConsistencyLoss = consistencyLoss.DetachFromDisposeScope();
         Resolution = resolution;
         UseColor = useColor;
         CubeCoords = cubeCoords.DetachFromDisposeScope();
@@ -60,6 +62,12 @@ public sealed class FlexiCubesInputs : IDisposable
     /// deform (3), and colour (6) when <see cref="UseColor"/>.
     /// </summary>
     public Tensor VertexAttributes { get; }
+
+    /// <summary>
+    /// TRELLIS's training <c>con_loss</c> of <c>sparse_cube2verts</c>, a scalar: the mean over cubes, corners and
+    /// attribute channels of <c>(attr − v_attrs[its vertex])²</c>.
+    /// </summary>
+    public Tensor ConsistencyLoss { get; }
 
     /// <summary>Number of cubes.</summary>
     public long CubeCount => CubeCoords.shape[0];
@@ -120,7 +128,9 @@ public sealed class FlexiCubesInputs : IDisposable
         var vpos = torch.stack(new[] { uniq.div(r1 * r1, RoundingMode.floor), uniq.div(r1, RoundingMode.floor) % r1, uniq % r1 }, 1);
         var sums = torch.zeros(new[] { uniq.shape[0], k }, dtype: ct, device: device).index_add(0, inverse!, attrs.reshape(-1, k), 1.0);
         var vattrs = sums / counts!.to(ct).unsqueeze(1);
-        return new FlexiCubesInputs(resolution, useColor, coords.alias(), weights.contiguous(), vpos, vattrs);
+        var conLoss = n == 0 ? torch.zeros(Array.Empty<long>(), dtype: ct, device: device)
+            : (attrs - vattrs.index_select(0, inverse!).reshape(n, 8, k)).square().mean();
+        return new FlexiCubesInputs(resolution, useColor, coords.alias(), weights.contiguous(), vpos, vattrs, conLoss);
     }
 
     /// <summary>
@@ -220,9 +230,10 @@ public sealed class FlexiCubesInputs : IDisposable
         CubeWeights.Dispose();
         VertexPositions.Dispose();
         VertexAttributes.Dispose();
+        ConsistencyLoss.Dispose();
     }
 
-    private Tensor Deformed(Tensor v, Tensor deform) =>
+    internal Tensor Deformed(Tensor v, Tensor deform) =>
         v.to(deform.dtype) / Resolution - 0.5 + (1 - 1e-8) / (Resolution * 2.0) * torch.tanh(deform);
 
     private static long[] Flatten(long[,] a)

@@ -147,3 +147,28 @@ public class SparseLayoutVmTests
         Assert.Equal(terms.Elementwise[..4].mean().item<double>(), terms.PerSample[0].item<double>(), 15);
     }
 }
+
+/// <summary>The defaults of <see cref="MdtDist.Core.Distillation.MdtDistSettings"/> are MDT-dist's released configuration,
+/// compared with literal values from Zanue/MDT-dist's <c>src/configs/ss_flow_img_dit_L_16l8_fp16.json</c> and
+/// <c>slat_flow_img_dit_L_64l8p2_fp16.json</c> (trainer args) and its trainers (d-norm constant).</summary>
+public class MdtDistSettingsDefaultsTests
+{
+    [Fact]
+    public void DefaultsAreTheReleasedConfigs()
+    {
+        var s = new MdtDist.Core.Distillation.MdtDistSettings();
+        Assert.Equal(MdtDist.Core.Distillation.DistillationMode.Discrete, s.Mode);   // "distill_type": "discrete"
+        Assert.Equal(0.01, s.Interval);                                               // "distill_interval": 0.01
+        Assert.Equal(1e-5, s.SigmaMin);                                               // "sigma_min": 1e-5
+        Assert.Equal(40.0, s.GuidanceVm);                                             // "cfg_teacher_vm": 40
+        Assert.Equal(100.0, s.GuidanceVd);                                            // "cfg_teacher_vd": 100
+        Assert.Equal(1, s.Multiphase);                                                // "multiphase": 1
+        Assert.Equal(1.0, s.LambdaVm);                                                // "lambda_vm": 1
+        Assert.Equal(1.0, s.LambdaVd);                                                // "lambda_vd": 1
+        Assert.True(s.DNorm);                                                         // "d_norm": true
+        Assert.Equal(0.1, s.DNormConstant);                                           // dv_dt / (||dv_dt|| + 0.1)
+        var ln = Assert.IsType<MdtDist.Core.Flow.LogitNormalTimeSampler>(s.TimeSampler); // "t_schedule": logitNormal
+        Assert.Equal(1.0, ln.Mean);                                                   //   "mean": 1.0
+        Assert.Equal(1.0, ln.Std);                                                    //   "std": 1.0
+    }
+}

@@ -1,3 +1,4 @@
+using MdtDist.TestSupport;
 using MdtDist.Core.Distillation;
 using MdtDist.Core.Flow;
 using MdtDist.Core.Training;

@@ -1,3 +1,4 @@
+using MdtDist.TestSupport;
 using System.Diagnostics;
 using MdtDist.Core.Distillation;
 using MdtDist.Core.Evaluation;

@@ -81,11 +81,6 @@ internal sealed class MlpFlow : IFlowNetwork
     }
 }
 
-/// <summary>Synchronous IProgress (System.Progress posts asynchronously).</summary>
-internal sealed class SyncProgress<T>(Action<T> action) : IProgress<T>
-{
-    public void Report(T value) => action(value);
-}
 
 internal static class ParamUtil
 {

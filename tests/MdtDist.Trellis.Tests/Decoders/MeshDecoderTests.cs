@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Checkpoints;
 using System.Text.Json;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Representations;
@@ -26,7 +27,7 @@ public class MeshDecoderTests
     {
         using var doc = JsonDocument.Parse(ReleasedConfig);
         using var scope = torch.NewDisposeScope();
-        var model = SLatMeshDecoder.FromConfig(doc.RootElement, ScalarType.Float16, torch.META);
+        var model = TrellisCheckpoint.Build<SLatMeshDecoder>(TrellisModelConfig.FromJson(doc.RootElement), ScalarType.Float16, torch.META);
         Assert.True(model.parameters().All(p => p.is_meta));
         Assert.Equal(256, model.MeshResolution);
         Assert.Equal(101, model.OutChannels);
@@ -73,8 +74,8 @@ public class MeshDecoderTests
         Assert.InRange(expectedCount * 2, 175_000_000, 185_000_000);
 
         // TRELLIS's convert_to_fp16 for this decoder: block linears and subdivide convs; norms and io layers stay
-        var m32 = SLatMeshDecoder.FromConfig(doc.RootElement, ScalarType.Float32, torch.META);
-        m32.ConvertTorso(ScalarType.Float16);
+        var m32 = TrellisCheckpoint.Build<SLatMeshDecoder>(TrellisModelConfig.FromJson(doc.RootElement), ScalarType.Float32, torch.META);
+        m32.SetTorsoDType(ScalarType.Float16);
         var dtypes = m32.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.dtype);
         Assert.Equal(ScalarType.Float16, dtypes["blocks.3.attn.to_qkv.weight"]);
         Assert.Equal(ScalarType.Float16, dtypes["upsample.1.out_layers.3.conv.weight"]);
@@ -109,7 +110,7 @@ public class MeshDecoderTests
         using var c = Case("slat_dec_mesh");
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        var model = SLatMeshDecoder.FromConfig(c.Config, ScalarType.Float64, null, 8);
+        var model = new SLatMeshDecoder(SLatMeshDecoderConfig.FromArgs(TrellisModelConfig.FromJson(c.Config).Args) with { SubdivideNumGroups = 8 }, ScalarType.Float64);
         SparseGolden.LoadExact(model, c.WithPrefix("model."), c.Name);
         var coords = c["in.coords"];
         var feats = c["in.feats"];
@@ -118,8 +119,8 @@ public class MeshDecoderTests
         foreach (var b in new[] { 0L, 1L })
             rows.AddRange(Enumerable.Range(0, (int)coords.shape[0]).Where(r => coords[r, 0].item<long>() == b).Reverse().Select(r => (long)r));
         var perm = torch.tensor(rows.ToArray());
-        var a = model.Forward(new SparseTensor(feats, coords, model.Resolution));
-        var r2 = model.Forward(new SparseTensor(feats.index_select(0, perm), coords.index_select(0, perm), model.Resolution));
+        var a = model.forward(new SparseTensor(feats, coords, model.Resolution));
+        var r2 = model.forward(new SparseTensor(feats.index_select(0, perm), coords.index_select(0, perm), model.Resolution));
         try
         {
             for (int b = 0; b < 2; b++)
@@ -149,11 +150,11 @@ public class MeshDecoderTests
         using var c = Case("slat_dec_mesh");
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        var m64 = SLatMeshDecoder.FromConfig(c.Config, ScalarType.Float64, null, 8);
-        var m16 = SLatMeshDecoder.FromConfig(c.Config, ScalarType.Float32, null, 8);
+        var m64 = new SLatMeshDecoder(SLatMeshDecoderConfig.FromArgs(TrellisModelConfig.FromJson(c.Config).Args) with { SubdivideNumGroups = 8 }, ScalarType.Float64);
+        var m16 = new SLatMeshDecoder(SLatMeshDecoderConfig.FromArgs(TrellisModelConfig.FromJson(c.Config).Args) with { SubdivideNumGroups = 8 }, ScalarType.Float32);
         SparseGolden.LoadExact(m64, c.WithPrefix("model."), c.Name);
         SparseGolden.LoadExact(m16, c.WithPrefix("model."), c.Name);
-        m16.ConvertTorso(ScalarType.Float16);
+        m16.SetTorsoDType(ScalarType.Float16);
         var h64 = m64.ForwardFeatures(new SparseTensor(c["in.feats"], c["in.coords"]));
         var h16 = m16.ForwardFeatures(new SparseTensor(c["in.feats"].to(ScalarType.Float32), c["in.coords"]));
         Assert.Equal(ScalarType.Float32, h16.Feats.dtype);
@@ -167,11 +168,12 @@ public class MeshDecoderTests
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
         // the public constructor fixes TRELLIS's num_groups = 32 (model_channels a multiple of 256); shrink it here
-        Assert.Throws<ArgumentException>(() => new SLatMeshDecoder(4, 32, 8, 1, useColor: false, numHeads: 2, windowSize: 2, dtype: ScalarType.Float64));
-        var model = new SLatMeshDecoder(4, 4, 32, 8, 1, false, 2, 64, 4, "swin", 2, "ape", false, ScalarType.Float64, null);
+        var cfg = new SLatMeshDecoderConfig { Resolution = 4, ModelChannels = 32, LatentChannels = 8, NumBlocks = 1, UseColor = false, NumHeads = 2, WindowSize = 2 };
+        Assert.Throws<ArgumentException>(() => new SLatMeshDecoder(cfg, ScalarType.Float64));
+        var model = new SLatMeshDecoder(cfg with { SubdivideNumGroups = 4 }, ScalarType.Float64);
         Assert.Equal(53, model.OutChannels);
         var coords = SparseTestData.RandomCoords(4, new[] { 3 }, 2);
-        var items = model.Forward(new SparseTensor(torch.randn(3, 8, dtype: ScalarType.Float64), coords, 4));
+        var items = model.forward(new SparseTensor(torch.randn(3, 8, dtype: ScalarType.Float64), coords, 4));
         try
         {
             Assert.Single(items);
@@ -187,9 +189,9 @@ public class MeshDecoderTests
 
     [Theory]
     [InlineData("\"mesh_extractor\": \"mc\"", "mesh_extractor 'mc' is not supported")]
-    [InlineData("\"use_color\": 1", "use_color must be true or false")]
+    [InlineData("\"use_color\": 1", "'representation_config.use_color' = 1 is not a boolean")]
     [InlineData("\"model_channels\": 760", "model_channels 760")]
-    [InlineData("\"extra\": 3", "unknown argument(s): extra")]
+    [InlineData("\"extra\": 3", "unknown argument(s) 'extra'")]
     public void BadConfigsAreRejectedByName(string change, string message)
     {
         var json = change switch
@@ -199,7 +201,7 @@ public class MeshDecoderTests
             _ => ReleasedConfig.Replace("\"use_fp16\": true", "\"use_fp16\": true, " + change),
         };
         using var doc = JsonDocument.Parse(json);
-        var ex = Assert.Throws<ArgumentException>(() => SLatMeshDecoder.FromConfig(doc.RootElement, ScalarType.Float16, torch.META));
+        var ex = Assert.Throws<ArgumentException>(() => TrellisCheckpoint.Build<SLatMeshDecoder>(TrellisModelConfig.FromJson(doc.RootElement), ScalarType.Float16, torch.META));
         Assert.Contains(message, ex.Message);
     }
 }

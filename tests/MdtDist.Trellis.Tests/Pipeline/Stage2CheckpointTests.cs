@@ -26,8 +26,8 @@ public class Stage2CheckpointTests
         var x = new SparseTensor(feats, coords, 16, 2);
         using var t = torch.tensor(new[] { 300.0, 800.0 }, dtype: ScalarType.Float64);
         using var cond = torch.randn(new long[] { 2, 3, 16 }, dtype: ScalarType.Float64, generator: new Generator(4));
-        using var a = model.Forward(x, t, cond).Feats;
-        using var b = back.Forward(x, t, cond).Feats;
+        using var a = model.forward(x, t, cond).Feats;
+        using var b = back.forward(x, t, cond).Feats;
         Assert.Equal(0.0, (a - b).abs().max().item<double>());
         // The elastic variant keeps its TRELLIS class name.
         var elastic = new ElasticSLatFlowModel(model.Config, ScalarType.Float32);

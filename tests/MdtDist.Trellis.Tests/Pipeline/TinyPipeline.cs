@@ -1,4 +1,3 @@
-using System.Text.Json.Nodes;
 using MdtDist.Core.IO;
 using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Models;
@@ -11,44 +10,20 @@ namespace MdtDist.Trellis.Tests.Pipeline;
 /// <summary>A tiny random TRELLIS (4³ structure latent → 16³ grid) built from TRELLIS-style configs.</summary>
 internal static class TinyPipeline
 {
-    public static readonly Dictionary<string, string> Configs = new()
+    /// <summary>Test keys of the four networks → <see cref="RandomTinyTrellis"/>'s pipeline.json keys.</summary>
+    private static readonly Dictionary<string, string> Keys = new()
     {
-        ["ss_flow"] = """{"name": "SparseStructureFlowModel", "args": {"resolution": 4, "in_channels": 8, "out_channels": 8, "model_channels": 32, "cond_channels": 16, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "patch_size": 1, "pe_mode": "ape", "qk_rms_norm": true}}""",
-        ["ss_dec"] = """{"name": "SparseStructureDecoder", "args": {"out_channels": 1, "latent_channels": 8, "num_res_blocks": 1, "channels": [16, 8, 8], "num_res_blocks_middle": 1}}""",
-        ["slat_flow"] = """{"name": "SLatFlowModel", "args": {"resolution": 16, "in_channels": 8, "out_channels": 8, "model_channels": 32, "cond_channels": 16, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}}""",
-        ["slat_dec_gs"] = """{"name": "SLatGaussianDecoder", "args": {"resolution": 16, "model_channels": 32, "latent_channels": 8, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4, "pe_mode": "ape", "qk_rms_norm": false, "representation_config": {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1}, "perturb_offset": true, "voxel_size": 1.5, "num_gaussians": 4, "2d_filter_kernel_size": 0.1, "3d_filter_kernel_size": 0.0009, "scaling_bias": 0.004, "opacity_bias": 0.1, "scaling_activation": "softplus"}}}""",
+        ["ss_flow"] = "sparse_structure_flow_model", ["ss_dec"] = "sparse_structure_decoder",
+        ["slat_flow"] = "slat_flow_model", ["slat_dec_gs"] = "slat_decoder_gs",
     };
 
-    public static nn.Module Build(string key, long seed, ScalarType dtype)
-    {
-        var node = JsonNode.Parse(Configs[key])!.AsObject();
-        var model = TrellisCheckpoint.Build(new TrellisModelConfig(node["name"]!.GetValue<string>(), node["args"]!.AsObject()), dtype);
-        return Randomize(model, seed);
-    }
+    public static IReadOnlyDictionary<string, string> Configs { get; } = Keys.ToDictionary(kv => kv.Key, kv => RandomTinyTrellis.Configs[kv.Value]);
 
-    /// <summary>Every parameter random as the goldens draw them: N(0, 1/fan_in) for matrices, 1 + N(0, 0.1²) for norm weights, N(0, 0.05²) for biases.</summary>
-    public static T Randomize<T>(T model, long seed) where T : nn.Module
-    {
-        var g = new Generator((ulong)seed);
-        using var noGrad = torch.no_grad();
-        foreach (var (name, p) in model.named_parameters())
-        {
-            using var r = torch.randn(p.shape, dtype: ScalarType.Float64, generator: g);
-            Tensor v;
-            if (p.dim() >= 2) v = r / Math.Sqrt(p.numel() / (double)p.shape[0]);
-            else if (name.EndsWith("bias")) v = r * 0.05;
-            else v = 1 + 0.1 * r;
-            p.copy_(v);
-            v.Dispose();
-        }
-        return model;
-    }
+    public static nn.Module Build(string key, long seed, ScalarType dtype) => RandomTinyTrellis.Build(Keys[key], seed, dtype);
 
-    public static TrellisPipeline Create(ScalarType dtype = ScalarType.Float32, long seed = 100) => new(
-        (SparseStructureFlowModel)Build("ss_flow", seed, dtype),
-        (SparseStructureDecoder)Build("ss_dec", seed + 1, dtype),
-        (SLatFlowModel)Build("slat_flow", seed + 2, dtype),
-        (SLatGaussianDecoder)Build("slat_dec_gs", seed + 3, dtype));
+    public static T Randomize<T>(T model, long seed) where T : nn.Module => RandomTinyTrellis.Randomize(model, seed);
+
+    public static TrellisPipeline Create(ScalarType dtype = ScalarType.Float32, long seed = 100) => RandomTinyTrellis.Create(dtype, seed);
 
     public static Tensor Condition(int batch = 1, long seed = 7, ScalarType dtype = ScalarType.Float32) =>
         torch.randn(new long[] { batch, 6, 16 }, dtype: dtype, generator: new Generator((ulong)seed));

@@ -29,9 +29,9 @@ public class TrellisDistillationTests
         var options = new MdtDistillerOptions { LearningRate = 1e-3, EmaRates = new[] { 0.9 }, Seed = 1, LogEvery = 1 };
 
         // Stage 1: dense 4³ latents.
-        var ssTeacher = new TrellisFlowModel(p.StructureFlow);
+        var ssTeacher = new SparseStructureFlowAdapter(p.StructureFlow);
         using var ss = MdtDistiller.FromTeacher(ssTeacher,
-            () => new TrellisFlowModel((SparseStructureFlowModel)TinyPipeline.Build("ss_flow", 0, ScalarType.Float32)), objective, options);
+            () => new SparseStructureFlowAdapter((SparseStructureFlowModel)TinyPipeline.Build("ss_flow", 0, ScalarType.Float32)), objective, options);
         var before = ss.Student.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
         var gen = new Generator(5);
         var data = new DelegateDataSource(_ => new DistillationBatch(Latent.Dense(torch.randn(new long[] { 2, 8, 4, 4, 4 }, generator: gen)), cond));

@@ -33,6 +33,13 @@ public class TrellisGenerateSampleTests
         var log2 = new StringWriter();
         Assert.Equal(3, TrellisGenerateApp.Run(new[] { "/nonexistent/TRELLIS", "--image", "x.png" }, log2));
         Assert.Contains("pipeline.json", log2.ToString());
+        // --help lists the options; a malformed value is a clear error, not a crash
+        var help = new StringWriter();
+        Assert.Equal(0, TrellisGenerateApp.Run(new[] { "--help" }, help));
+        Assert.Contains("--slat-steps", help.ToString());
+        var bad = new StringWriter();
+        Assert.NotEqual(0, TrellisGenerateApp.Run(new[] { "--random-tiny", "--samples", "two" }, bad));
+        Assert.Contains("two", bad.ToString());
     }
 
     [Fact]

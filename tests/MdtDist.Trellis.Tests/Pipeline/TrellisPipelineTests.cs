@@ -1,3 +1,5 @@
+using MdtDist.Trellis.Flow;
+using MdtDist.TestSupport;
 using MdtDist.Trellis.Conditioning;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Pipeline;
@@ -18,7 +20,7 @@ public class TrellisPipelineTests
         var p = TinyPipeline.Create();
         using var cond = TinyPipeline.Condition();
         var reports = new List<TrellisProgress>();
-        using var teacher = p.Run(cond, new TrellisRunOptions { Seed = 1, Progress = new Sync<TrellisProgress>(reports.Add) });
+        using var teacher = p.Run(cond, new TrellisRunOptions { Seed = 1, Progress = new SyncProgress<TrellisProgress>(reports.Add) });
         // TRELLIS-image-large defaults: 25 Euler steps, CFG on t in [0.5, 1] -> 44 evaluations per stage.
         Assert.Equal(44, teacher.StructureEvaluations);
         Assert.Equal(44, teacher.LatentEvaluations);
@@ -163,7 +165,7 @@ public class TrellisPipelineTests
         Assert.Throws<ArgumentException>(() => p.Run(cond, new TrellisRunOptions { NumSamples = 3 }));
         Assert.Throws<ArgumentException>(() => p.Run(cond, new TrellisRunOptions { NumSamples = 0 }));
         using var cts = new CancellationTokenSource();
-        var progress = new Sync<TrellisProgress>(r => { if (r.Step == 2) cts.Cancel(); });
+        var progress = new SyncProgress<TrellisProgress>(r => { if (r.Step == 2) cts.Cancel(); });
         Assert.Throws<OperationCanceledException>(() => p.Run(cond, new TrellisRunOptions { NumSamples = 2, Progress = progress, CancellationToken = cts.Token }));
         var ss = (SparseStructureFlowModel)TinyPipeline.Build("ss_flow", 1, ScalarType.Float32);
         var otherDecoder = new SparseStructureDecoder(new SparseStructureDecoderConfig { OutChannels = 1, LatentChannels = 4, NumResBlocks = 1, NumResBlocksMiddle = 1, Channels = new long[] { 8, 8 } });
@@ -239,7 +241,7 @@ public class TrellisPipelineTests
         using var none = torch.zeros(new long[] { 0, 4 }, dtype: ScalarType.Int32);
         Assert.Throws<ArgumentException>(() => p.SampleStructuredLatent(condition, none));
         var slat = p.SampleStructuredLatent(condition, coords, new TrellisStageOptions { Sampler = OneStep }).Result;
-        Assert.Throws<NotSupportedException>(() => p.Decode(slat, TrellisFormats.Mesh));
+        Assert.Throws<InvalidOperationException>(() => p.Decode(slat, TrellisFormats.Mesh));   // no mesh decoder
         using var nothing = p.Decode(slat, TrellisFormats.None);
         Assert.Null(nothing.Gaussians);
         var noDecoder = new TrellisPipeline(p.StructureFlow, p.StructureDecoder, p.LatentFlow);
@@ -266,8 +268,4 @@ public class TrellisPipelineTests
 
     private static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
 
-    private sealed class Sync<T>(Action<T> a) : IProgress<T>
-    {
-        public void Report(T value) => a(value);
-    }
 }

@@ -42,12 +42,12 @@ public class SparseAttentionTests
     public void WindowedAttentionMatchesBlockDiagonalReference(int window, int shift)
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(9);
+        var rng = new Generator(9);
         var coords = SparseTestData.RandomCoords(9, new[] { 120, 45, 80 }, 13);
         long n = coords.shape[0];
-        var q = torch.randn(n, 2, 5, dtype: ScalarType.Float64);
-        var k = torch.randn(n, 2, 5, dtype: ScalarType.Float64);
-        var v = torch.randn(n, 2, 3, dtype: ScalarType.Float64);
+        var q = torch.randn(n, 2, 5, dtype: ScalarType.Float64, generator: rng);
+        var k = torch.randn(n, 2, 5, dtype: ScalarType.Float64, generator: rng);
+        var v = torch.randn(n, 2, 3, dtype: ScalarType.Float64, generator: rng);
         var sc = new SparseCoordinates(coords, 9);
         var plan = AttentionPlan.Windowed(sc, window, shift);
         var actual = SparseAttention.SelfAttention(q, k, v, plan);
@@ -61,12 +61,12 @@ public class SparseAttentionTests
     public void FullAttentionIsPerSampleEvenWithTinyChunks()
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(10);
+        var rng = new Generator(10);
         var coords = SparseTestData.RandomCoords(6, new[] { 40, 70, 3, 70 }, 17);
         long n = coords.shape[0];
-        var q = torch.randn(n, 3, 4, dtype: ScalarType.Float64);
-        var k = torch.randn(n, 3, 4, dtype: ScalarType.Float64);
-        var v = torch.randn(n, 3, 4, dtype: ScalarType.Float64);
+        var q = torch.randn(n, 3, 4, dtype: ScalarType.Float64, generator: rng);
+        var k = torch.randn(n, 3, 4, dtype: ScalarType.Float64, generator: rng);
+        var v = torch.randn(n, 3, 4, dtype: ScalarType.Float64, generator: rng);
         var groups = coords[.., 0].data<long>().ToArray();
         var expected = MaskedReference(q, k, v, groups);
 
@@ -92,12 +92,12 @@ public class SparseAttentionTests
     public void Float32PathUsesFusedAttentionWithTheSameMasking()
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(11);
+        var rng = new Generator(11);
         var coords = SparseTestData.RandomCoords(8, new[] { 90, 60 }, 19);
         long n = coords.shape[0];
-        var q = torch.randn(n, 2, 8, dtype: ScalarType.Float64);
-        var k = torch.randn(n, 2, 8, dtype: ScalarType.Float64);
-        var v = torch.randn(n, 2, 8, dtype: ScalarType.Float64);
+        var q = torch.randn(n, 2, 8, dtype: ScalarType.Float64, generator: rng);
+        var k = torch.randn(n, 2, 8, dtype: ScalarType.Float64, generator: rng);
+        var v = torch.randn(n, 2, 8, dtype: ScalarType.Float64, generator: rng);
         var plan = AttentionPlan.Windowed(new SparseCoordinates(coords), 4, 2);
         var exact = SparseAttention.SelfAttention(q, k, v, plan);
         var f32 = SparseAttention.SelfAttention(q.to(ScalarType.Float32), k.to(ScalarType.Float32), v.to(ScalarType.Float32), plan);
@@ -109,12 +109,12 @@ public class SparseAttentionTests
     public void CrossAttentionAttendsToEachSamplesOwnContext()
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(12);
+        var rng = new Generator(12);
         var coords = SparseTestData.RandomCoords(5, new[] { 7, 11 }, 23);
         long n = coords.shape[0];
-        var q = torch.randn(n, 2, 4, dtype: ScalarType.Float64);
-        var k = torch.randn(2, 6, 2, 4, dtype: ScalarType.Float64);
-        var v = torch.randn(2, 6, 2, 4, dtype: ScalarType.Float64);
+        var q = torch.randn(n, 2, 4, dtype: ScalarType.Float64, generator: rng);
+        var k = torch.randn(2, 6, 2, 4, dtype: ScalarType.Float64, generator: rng);
+        var v = torch.randn(2, 6, 2, 4, dtype: ScalarType.Float64, generator: rng);
         var actual = SparseAttention.CrossAttention(q, k, v, new SparseCoordinates(coords));
         for (int b = 0; b < 2; b++)
         {

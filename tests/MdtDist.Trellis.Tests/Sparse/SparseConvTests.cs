@@ -16,12 +16,12 @@ public class SparseConvTests
     public void SubmanifoldConvMatchesDenseConvAtActiveSites()
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(3);
+        var rng = new Generator(3);
         const int r = 7;
         var coords = SparseTestData.RandomCoords(r, new[] { 60, 25, 90 }, seed: 11);
-        var feats = torch.randn(coords.shape[0], 5, dtype: ScalarType.Float64);
+        var feats = torch.randn(coords.shape[0], 5, dtype: ScalarType.Float64, generator: rng);
         var conv = new SparseConv3d(5, 6, 3, true, ScalarType.Float64);
-        using (torch.no_grad()) conv.conv.bias!.normal_();
+        using (torch.no_grad()) conv.conv.bias!.normal_(generator: rng);
         var st = new SparseTensor(feats, coords, r);
         var actual = conv.Forward(st).Feats;
 
@@ -39,9 +39,9 @@ public class SparseConvTests
     public void HashLookupAndChunkedGatherGiveTheSameResult()
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(4);
+        var rng = new Generator(4);
         var coords = SparseTestData.BlobCoords(9, 3.2, 2);
-        var feats = torch.randn(coords.shape[0], 4, dtype: ScalarType.Float64);
+        var feats = torch.randn(coords.shape[0], 4, dtype: ScalarType.Float64, generator: rng);
         var conv = new SparseConv3d(4, 3, 3, true, ScalarType.Float64);
         var reference = conv.Forward(new SparseTensor(feats, coords)).Feats;
 
@@ -78,9 +78,9 @@ public class SparseConvTests
     public void OneByOneConvReinterpretsTheWeightBuffer()
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(5);
+        var rng = new Generator(5);
         var coords = SparseTestData.RandomCoords(4, new[] { 10 }, 2);
-        var feats = torch.randn(10, 3, dtype: ScalarType.Float64);
+        var feats = torch.randn(10, 3, dtype: ScalarType.Float64, generator: rng);
         var conv = new SparseConv3d(3, 5, 1, true, ScalarType.Float64);
         var actual = conv.Forward(new SparseTensor(feats, coords)).Feats;
         var w = conv.conv.weight.contiguous();
@@ -105,10 +105,10 @@ public class SparseConvTests
     public void ConvBackpropagatesToFeatsAndWeights()
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(6);
+        var rng = new Generator(6);
         const int r = 5;
         var coords = SparseTestData.RandomCoords(r, new[] { 30, 20 }, 3);
-        var feats = torch.randn(coords.shape[0], 2, dtype: ScalarType.Float64).requires_grad_();
+        var feats = torch.randn(coords.shape[0], 2, dtype: ScalarType.Float64, generator: rng).requires_grad_();
         var conv = new SparseConv3d(2, 3, 3, true, ScalarType.Float64);
         var y = conv.Forward(new SparseTensor(feats, coords, r)).Feats;
         var g = torch.randn_like(y);

@@ -11,10 +11,10 @@ public class SparseSpatialTests
     public void DownsampleIsSumOverCountPlusOneOnSortedCoarseSites()
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(7);
+        var rng = new Generator(7);
         var coords = SparseTestData.RandomCoords(6, new[] { 50, 30 }, 21);
         long n = coords.shape[0];
-        var feats = torch.randn(n, 3, dtype: ScalarType.Float64);
+        var feats = torch.randn(n, 3, dtype: ScalarType.Float64, generator: rng);
         var x = new SparseTensor(feats, coords, 6);
         var y = SparseSpatial.Downsample(x, 2);
 
@@ -80,14 +80,14 @@ public class SparseSpatialTests
     public void GroupNormNormalisesEachSampleOverAllItsVoxels()
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(8);
+        var rng = new Generator(8);
         var coords = SparseTestData.RandomCoords(5, new[] { 17, 31 }, 5);
-        var feats = torch.randn(48, 8, dtype: ScalarType.Float64) * 3 + 1;
+        var feats = torch.randn(48, 8, dtype: ScalarType.Float64, generator: rng) * 3 + 1;
         var gn = new SparseGroupNorm32(4, 8, 1e-5, true, ScalarType.Float64);
         using (torch.no_grad())
         {
-            gn.weight!.normal_();
-            gn.bias!.normal_();
+            gn.weight!.normal_(generator: rng);
+            gn.bias!.normal_(generator: rng);
         }
         var y = gn.Forward(new SparseTensor(feats, coords)).Feats;
         var parts = new[] { feats[..17], feats[17..] }.Select(p =>

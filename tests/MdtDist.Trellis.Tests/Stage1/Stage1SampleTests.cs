@@ -57,7 +57,7 @@ public sealed class Stage1SampleTests : IDisposable
               "sparse_structure_sampler": {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-05},
                 "params": {"steps": 3, "cfg_strength": 5.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}}}
             """.Replace("FLOW", Stage1StructureApp.FlowName).Replace("DEC", Stage1StructureApp.DecoderName));
-        using (var cond = torch.randn(new long[] { 1, 6, 16 }))
+        using (var cond = torch.randn(new long[] { 1, 6, 16 }, generator: new Generator(60)))
             MdtDist.Core.IO.SafeTensors.Save(Path.Combine(_dir.FullName, "cond.safetensors"), new Dictionary<string, Tensor> { ["cond"] = cond });
         var output = Path.Combine(_dir.FullName, "out", "s.ply");
         var log = new StringWriter();
