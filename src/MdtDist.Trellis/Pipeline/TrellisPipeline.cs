@@ -367,7 +367,7 @@ public sealed class TrellisPipeline
             using (var scope = torch.NewDisposeScope())
             {
                 var feats = slat.Feats.to(ModuleInfo.DTypeOf(MeshDecoder), ModuleInfo.DeviceOf(MeshDecoder));
-                inputs = MeshDecoder.Forward(slat.ReplaceFeats(feats));
+                inputs = MeshDecoder.forward(slat.ReplaceFeats(feats));
             }
             try
             {

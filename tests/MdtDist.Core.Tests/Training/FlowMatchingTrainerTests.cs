@@ -1,3 +1,4 @@
+using MdtDist.TestSupport;
 using System.Diagnostics;
 using MdtDist.Core.Flow;
 using MdtDist.Core.Sampling;

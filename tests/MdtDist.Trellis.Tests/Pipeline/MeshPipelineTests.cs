@@ -47,7 +47,7 @@ public class MeshPipelineTests
         using var both = pipeline.Decode(slat, TrellisFormats.Mesh | TrellisFormats.Gaussians);
         Assert.Equal(2, both.Meshes!.Count);
         Assert.Equal(2, both.Gaussians!.Count);
-        var inputs = pipeline.MeshDecoder!.Forward(slat);
+        var inputs = pipeline.MeshDecoder!.forward(slat);
         try
         {
             for (int b = 0; b < 2; b++)
