@@ -33,7 +33,7 @@ public sealed class DistillationBatch
     /// <summary>
     /// Splits the batch into <paramref name="parts"/> consecutive groups of samples (gradient accumulation). Supports
     /// <see cref="DenseLayout"/> and plain <see cref="RowLayout"/> latents; for other layouts supply
-    /// <see cref="MdtDistillerOptions.BatchSplitter"/>. Conditions with batch size B are split alongside; a condition
+    /// <see cref="TrainingOptions.BatchSplitter"/>. Conditions with batch size B are split alongside; a condition
     /// with batch size 1 is shared.
     /// </summary>
     /// <exception cref="ArgumentException"><paramref name="parts"/> is not in [1, B].</exception>
@@ -74,7 +74,7 @@ public sealed class DistillationBatch
                 var newIndex = idx.index_select(0, sel.to(idx.device)) - start;
                 return new Latent(x.Data.index_select(0, sel), new RowLayout(newIndex, size));
             default:
-                throw new NotSupportedException($"batches with layout {x.Layout.GetType().Name} cannot be split generically; set MdtDistillerOptions.BatchSplitter.");
+                throw new NotSupportedException($"batches with layout {x.Layout.GetType().Name} cannot be split generically; set TrainingOptions.BatchSplitter.");
         }
     }
 }

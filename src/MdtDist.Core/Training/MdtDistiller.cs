@@ -1,5 +1,3 @@
-using System.Diagnostics;
-using System.Globalization;
 using MdtDist.Core.Distillation;
 using MdtDist.Core.Flow;
 using Microsoft.Extensions.Logging;
@@ -16,26 +14,24 @@ namespace MdtDist.Core.Training;
 /// float32 master weights, time-binned loss logging, atomic checkpoints and exact resume.
 /// <para>
 /// Reproducibility: all randomness of the objective comes from the distiller's own <see cref="torch.Generator"/>
-/// (seeded by <see cref="MdtDistillerOptions.Seed"/>; its state is checkpointed), and the data of step s comes from
+/// (seeded by <see cref="TrainingOptions.Seed"/>; its state is checkpointed), and the data of step s comes from
 /// <see cref="IDistillationDataSource.GetBatch"/>(s). On the CPU a run that is stopped, checkpointed and resumed
 /// produces bit-identical weights to an uninterrupted run.
 /// </para>
 /// <para>
-/// A step whose loss or gradients are not finite changes nothing (no optimizer step, no EMA update, no clipping
-/// statistics), is counted in <see cref="SkippedSteps"/>, logged as a warning, and the run continues.
+/// A step whose loss or gradients are not finite changes no weight (no optimizer step, no clipping statistics), is
+/// counted in <see cref="SkippedSteps"/>, logged as a warning, and the run continues; the EMA still moves toward the
+/// unchanged weights, as in TRELLIS (<see cref="TrainingOptions.EmaOnSkippedStep"/>).
+/// </para>
+/// <para>
+/// The update itself is the common training loop shared with <see cref="FlowMatchingTrainer"/> (TRELLIS's
+/// <c>BasicTrainer.run_step</c>); <see cref="TrainStep(IReadOnlyList{DistillationBatch}, IReadOnlyList{MdtDistDraws}?)"/>
+/// drives it one step at a time with given micro-batches and draws.
 /// </para>
 /// </summary>
 public sealed class MdtDistiller : IDisposable
 {
-    private readonly ILogger _logger;
-    private readonly List<(string Name, Parameter Param)> _modelParams;
-    private readonly List<Parameter> _masterParams;
-    private readonly bool _ownsMasters;
-    private readonly List<List<Tensor>> _ema = new();
-    private readonly AdamW _optimizer;
-    private readonly Generator _generator;
-    private readonly bool _usesLossScale;
-    private bool _disposed;
+    private readonly TrainerCore _core;
 
     /// <summary>Creates a distiller for an already initialised student.</summary>
     /// <param name="teacher">The frozen teacher (any flow model: a network, an analytic field, a guided wrapper).</param>
@@ -50,36 +46,12 @@ public sealed class MdtDistiller : IDisposable
         Student = student ?? throw new ArgumentNullException(nameof(student));
         Objective = objective ?? throw new ArgumentNullException(nameof(objective));
         Options = options ?? new MdtDistillerOptions();
-        Validate(Options);
-        _logger = logger ?? NullLogger.Instance;
+        TrainerCore.Validate(Options);
         if (ReferenceEquals(teacher, student)) throw new ArgumentException("the teacher and the student must be different objects.", nameof(student));
-
-        _modelParams = student.Module.named_parameters().Where(p => p.parameter.requires_grad).Select(p => (p.name, p.parameter)).ToList();
-        if (_modelParams.Count == 0) throw new ArgumentException("the student has no trainable parameters.", nameof(student));
-        if (teacher is IFlowNetwork tn && _modelParams.Any(mp => tn.Module.parameters().Any(tp => tp.Handle == mp.Param.Handle)))
+        var trainable = student.Module.parameters().Where(p => p.requires_grad).ToList();
+        if (teacher is IFlowNetwork tn && trainable.Any(mp => tn.Module.parameters().Any(tp => tp.Handle == mp.Handle)))
             throw new ArgumentException("the teacher and the student share parameters; create the student with FromTeacher or a separate instance.", nameof(student));
-
-        if (Options.Precision == TrainingPrecision.Fp32MasterWeights)
-        {
-            using var _ = torch.no_grad();
-            _masterParams = _modelParams.Select(p => new Parameter(p.Param.detach().to(ScalarType.Float32, copy: true), requires_grad: true)).ToList();
-            _ownsMasters = true;
-            _usesLossScale = _modelParams.Any(p => p.Param.dtype == ScalarType.Float16);
-        }
-        else
-        {
-            _masterParams = _modelParams.Select(p => p.Param).ToList();
-        }
-        LogLossScale = _usesLossScale ? Options.InitialLogLossScale : 0.0;
-
-        using (torch.no_grad())
-            foreach (var _ in Options.EmaRates)
-                _ema.Add(_masterParams.Select(p => p.detach().clone().DetachFromDisposeScope()).ToList());
-
-        _optimizer = torch.optim.AdamW(_masterParams, Options.LearningRate, Options.Beta1, Options.Beta2, Options.Epsilon, Options.WeightDecay);
-        if (Options.Clipping is { } c) GradClipper = new AdaptiveGradClipper(c.MaxNorm, c.Percentile, c.BufferSize);
-        _generator = new Generator((ulong)Options.Seed, _masterParams[0].device);
-        _generator.manual_seed(Options.Seed);
+        _core = new TrainerCore(student, Options, logger ?? NullLogger.Instance, "student");
     }
 
     /// <summary>
@@ -124,52 +96,60 @@ public sealed class MdtDistiller : IDisposable
     public MdtDistillerOptions Options { get; }
 
     /// <summary>The gradient clipper, or null.</summary>
-    public AdaptiveGradClipper? GradClipper { get; }
+    public AdaptiveGradClipper? GradClipper => _core.GradClipper;
 
     /// <summary>Completed steps (skipped ones included).</summary>
-    public long Step { get; private set; }
+    public long Step => _core.Step;
 
     /// <summary>Steps whose update was skipped because the loss or a gradient was not finite.</summary>
-    public long SkippedSteps { get; private set; }
+    public long SkippedSteps => _core.SkippedSteps;
 
-    /// <summary>log2 of the current loss scale (0 unless a float16 student trains with float32 master weights).</summary>
-    public double LogLossScale { get; private set; }
+    /// <summary>log2 of the current loss scale (0 unless loss scaling is in use; see <see cref="LossScaling"/>).</summary>
+    public double LogLossScale => _core.LogLossScale;
 
     /// <summary>The EMA rates.</summary>
     public IReadOnlyList<double> EmaRates => Options.EmaRates;
 
-    /// <summary>The optimizer's weights (the student's parameters, or their float32 masters), in the student's parameter order.</summary>
-    public IReadOnlyList<Parameter> MasterParameters => _masterParams;
+    /// <summary>The optimizer's weights (the student's parameters, or their master copies), in the student's parameter order.</summary>
+    public IReadOnlyList<Parameter> MasterParameters => _core.MasterParameters;
+
+    /// <summary>The distiller's random generator (the objective's draws; its state is checkpointed).</summary>
+    public Generator Generator => _core.Generator;
+
+    /// <summary>Seconds spent averaging gradients over ranks so far (0 in a single process).</summary>
+    public double AllReduceSeconds => _core.AllReduceSeconds;
 
     /// <summary>
     /// The EMA weights of rate <see cref="EmaRates"/>[<paramref name="index"/>] by parameter name (live tensors: read, do
     /// not modify).
     /// </summary>
-    public IReadOnlyDictionary<string, Tensor> EmaParameters(int index = 0)
-    {
-        CheckEmaIndex(index);
-        return _modelParams.Select((p, i) => (p.Name, _ema[index][i])).ToDictionary(x => x.Name, x => x.Item2);
-    }
+    public IReadOnlyDictionary<string, Tensor> EmaParameters(int index = 0) => _core.EmaParameters(index);
 
     /// <summary>Loads the EMA weights of rate index <paramref name="index"/> (and the student's buffers) into <paramref name="target"/>, a module of the student's architecture.</summary>
-    public void CopyEmaTo(nn.Module target, int index = 0)
-    {
-        ArgumentNullException.ThrowIfNull(target);
-        CheckEmaIndex(index);
-        using var scope = torch.NewDisposeScope();
-        var sd = Student.Module.state_dict();
-        var merged = new Dictionary<string, Tensor>(sd);
-        for (int i = 0; i < _modelParams.Count; i++)
-            merged[_modelParams[i].Name] = _ema[index][i].to(_modelParams[i].Param.dtype);
-        using (torch.no_grad())
-            target.load_state_dict(merged, strict: true);
-    }
+    public void CopyEmaTo(nn.Module target, int index = 0) => _core.CopyEmaTo(target, index);
 
     /// <summary>
-    /// Runs one optimisation step on <paramref name="batch"/> (split into <see cref="MdtDistillerOptions.BatchSplit"/>
-    /// micro-batches) and returns its report.
+    /// Runs one optimisation step on <paramref name="batch"/> (split into <see cref="TrainingOptions.BatchSplit"/>
+    /// micro-batches, draws from <see cref="Generator"/>) and returns its report.
     /// </summary>
-    public DistillationProgress TrainStep(DistillationBatch batch) => RunStep(batch, 0);
+    public DistillationProgress TrainStep(DistillationBatch batch) => ToReport(_core.RunStep(_core.Split(batch), Compute(null), 0));
+
+    /// <summary>
+    /// Runs one optimisation step on the given micro-batches — the same update as <see cref="Train"/> — with the
+    /// objective's random inputs of micro-batch k taken from <paramref name="draws"/>[k] (ε, the raw times, ε') instead
+    /// of the generator (which is then left untouched). Use it to reproduce or debug a run, or to replay a reference's
+    /// pinned draws.
+    /// </summary>
+    /// <param name="microBatches">The K micro-batches of the step (each one's loss is divided by K).</param>
+    /// <param name="draws">One set of draws per micro-batch, or null to draw from <see cref="Generator"/>.</param>
+    /// <exception cref="ArgumentException">The counts differ, or a draw does not fit its micro-batch.</exception>
+    public DistillationProgress TrainStep(IReadOnlyList<DistillationBatch> microBatches, IReadOnlyList<MdtDistDraws>? draws = null)
+    {
+        ArgumentNullException.ThrowIfNull(microBatches);
+        if (draws is not null && draws.Count != microBatches.Count)
+            throw new ArgumentException($"{draws.Count} sets of draws for {microBatches.Count} micro-batches.", nameof(draws));
+        return ToReport(_core.RunStep(microBatches, Compute(draws), 0));
+    }
 
     /// <summary>
     /// Trains until <see cref="Step"/> reaches <paramref name="totalSteps"/>, drawing the batch of step s from
@@ -180,313 +160,49 @@ public sealed class MdtDistiller : IDisposable
     /// <returns>The report of the last step, or null if no step was run.</returns>
     public DistillationProgress? Train(IDistillationDataSource data, long totalSteps, IProgress<DistillationProgress>? progress = null, CancellationToken cancellationToken = default)
     {
-        ArgumentNullException.ThrowIfNull(data);
-        if (totalSteps < 0) throw new ArgumentException($"totalSteps must be >= 0, got {totalSteps}.", nameof(totalSteps));
-        ThrowIfDisposed();
-        DistillationProgress? last = null;
-        while (Step < totalSteps)
-        {
-            if (cancellationToken.IsCancellationRequested)
-            {
-                if (Options.CheckpointDirectory is { } dir) SaveCheckpoint(dir);
-                _logger.LogInformation("Distillation cancelled at step {Step}.", Step);
-                cancellationToken.ThrowIfCancellationRequested();
-            }
-            var batch = data.GetBatch(Step) ?? throw new InvalidOperationException($"the data source returned no batch for step {Step}.");
-            last = RunStep(batch, totalSteps);
-            progress?.Report(last);
-            if (Options.CheckpointDirectory is { } d && Options.CheckpointEvery > 0 && Step % Options.CheckpointEvery == 0 && Step < totalSteps)
-                SaveCheckpoint(d);
-        }
-        if (last is not null && Options.CheckpointDirectory is { } final) SaveCheckpoint(final);
-        return last;
+        var last = _core.Train(data, totalSteps, Compute(null), progress is null ? null : p => progress.Report(ToReport(p)), cancellationToken);
+        return last is null ? null : ToReport(last);
     }
 
-    private DistillationProgress RunStep(DistillationBatch batch, long totalSteps)
+    private Func<int, DistillationBatch, ObjectiveResult> Compute(IReadOnlyList<MdtDistDraws>? draws) => (k, mb) =>
     {
-        ArgumentNullException.ThrowIfNull(batch);
-        ThrowIfDisposed();
-        var watch = Stopwatch.StartNew();
-        using var scope = torch.NewDisposeScope();
-        Student.Module.train();
-        ZeroGrads();
+        var terms = draws is null
+            ? Objective.Compute(Student, Teacher, mb.X0, mb.Condition, _core.Generator, mb.NegativeCondition)
+            : Objective.Compute(Student, Teacher, mb.X0, mb.Condition, draws[k], mb.NegativeCondition);
+        var parts = new List<(string, Tensor)>(2);
+        if (terms.LossVm is { } vm) parts.Add(("vm", vm));
+        if (terms.LossVd is { } vd) parts.Add(("vd", vd));
+        return new ObjectiveResult(terms.Loss, terms.PerSample, terms.T, parts);
+    };
 
-        var parts = Options.BatchSplitter is { } splitter ? splitter(batch, Options.BatchSplit) : batch.Split(Options.BatchSplit);
-        if (parts.Count == 0) throw new InvalidOperationException("the batch splitter returned no micro-batches.");
-        double scale = Math.Pow(2.0, LogLossScale);
-        double loss = 0, lossVm = 0, lossVd = 0;
-        bool hasVm = false, hasVd = false, finite = true;
-        var times = new List<double>();
-        var perSample = new List<double>();
-        foreach (var mb in parts)
-        {
-            using var inner = torch.NewDisposeScope();
-            var terms = Objective.Compute(Student, Teacher, mb.X0, mb.Condition, _generator, mb.NegativeCondition);
-            double l = ToDouble(terms.Loss);
-            if (!double.IsFinite(l)) { finite = false; loss = l; break; }
-            var scaled = terms.Loss / parts.Count;
-            if (_usesLossScale) scaled = scaled * scale;
-            scaled.backward();
-            loss += l / parts.Count;
-            if (terms.LossVm is { } vm) { hasVm = true; lossVm += ToDouble(vm) / parts.Count; }
-            if (terms.LossVd is { } vd) { hasVd = true; lossVd += ToDouble(vd) / parts.Count; }
-            times.AddRange(ToArray(terms.T));
-            perSample.AddRange(ToArray(terms.PerSample));
-        }
-        if (finite) finite = GradientsFinite();
-
-        double? gradNorm = null;
-        if (finite)
-        {
-            if (_ownsMasters) CopyGradsToMasters(1.0 / scale);
-            if (GradClipper is not null)
-            {
-                gradNorm = GradClipper.Clip(_masterParams);
-                if (!double.IsFinite(gradNorm.Value)) finite = false;
-            }
-        }
-        if (finite)
-        {
-            SetLearningRate();
-            _optimizer.step();
-            if (_ownsMasters) CopyMastersToModel();
-            UpdateEma();
-            if (_usesLossScale) LogLossScale += Options.LossScaleGrowth;
-        }
-        else
-        {
-            SkippedSteps++;
-            if (_usesLossScale) LogLossScale -= 1;
-            _logger.LogWarning("Step {Step}: non-finite loss or gradient (loss {Loss}); update skipped ({Skipped} skipped so far).", Step, loss, SkippedSteps);
-            gradNorm = null;
-        }
-        ZeroGrads();
-        Step++;
-
-        var bins = TimeBins.MeanPerBin(times, perSample);
-        var report = new DistillationProgress(Step, totalSteps, loss, hasVm ? lossVm : null, hasVd ? lossVd : null,
-            gradNorm, GradClipper?.CurrentMaxNorm, !finite, SkippedSteps, bins, watch.Elapsed);
-        if (Options.LogEvery > 0 && Step % Options.LogEvery == 0 && _logger.IsEnabled(LogLevel.Information))
-        {
-            var binText = string.Join(" ", bins.Select(kv => string.Create(CultureInfo.InvariantCulture, $"bin_{kv.Key}={kv.Value:G4}")));
-            _logger.LogInformation("Step {Step}: loss {Loss:G6} (vm {LossVm:G6}, vd {LossVd:G6}), grad norm {GradNorm:G4}, clip {Clip:G4}, skipped {Skipped}; {Bins}",
-                Step, report.Loss, report.LossVm, report.LossVd, report.GradNorm, report.ClipMaxNorm, SkippedSteps, binText);
-        }
-        return report;
-    }
+    private static DistillationProgress ToReport(TrainingProgress p) =>
+        new(p.Step, p.TotalSteps, p.Loss, p.LossTerms.TryGetValue("vm", out var vm) ? vm : null, p.LossTerms.TryGetValue("vd", out var vd) ? vd : null,
+            p.GradNorm, p.ClipMaxNorm, p.Skipped, p.SkippedSteps, p.TimeBinLoss, p.Elapsed) { LogLossScale = p.LogLossScale };
 
     /// <summary>The learning rate of the next step.</summary>
-    public double CurrentLearningRate => Options.LearningRate * (Options.LearningRateSchedule?.Invoke(Step) ?? 1.0);
-
-    private void SetLearningRate()
-    {
-        double lr = CurrentLearningRate;
-        if (!(lr >= 0) || !double.IsFinite(lr)) throw new InvalidOperationException($"the learning-rate schedule gave {lr} at step {Step}.");
-        foreach (var g in _optimizer.ParamGroups) g.LearningRate = lr;
-    }
-
-    private void ZeroGrads()
-    {
-        foreach (var (_, p) in _modelParams) { using var g = p.grad; g?.zero_(); }
-        if (_ownsMasters) foreach (var p in _masterParams) { using var g = p.grad; g?.zero_(); }
-    }
-
-    private bool GradientsFinite()
-    {
-        using var scope = torch.NewDisposeScope();
-        foreach (var (_, p) in _modelParams)
-        {
-            var g = p.grad;
-            if (g is null) continue;
-            if (!g.isfinite().all().item<bool>()) return false;
-        }
-        return true;
-    }
-
-    private void CopyGradsToMasters(double inverseScale)
-    {
-        using var scope = torch.NewDisposeScope();
-        using var _ = torch.no_grad();
-        for (int i = 0; i < _modelParams.Count; i++)
-        {
-            var g = _modelParams[i].Param.grad;
-            var mg = g is null ? torch.zeros_like(_masterParams[i]) : g.to(ScalarType.Float32);
-            if (inverseScale != 1.0) mg = mg * inverseScale;
-            var existing = _masterParams[i].grad;
-            if (existing is null) _masterParams[i].grad = mg.DetachFromDisposeScope();
-            else existing.copy_(mg);
-        }
-    }
-
-    private void CopyMastersToModel()
-    {
-        using var scope = torch.NewDisposeScope();
-        using var _ = torch.no_grad();
-        for (int i = 0; i < _modelParams.Count; i++) _modelParams[i].Param.copy_(_masterParams[i]);
-    }
-
-    private void UpdateEma()
-    {
-        using var scope = torch.NewDisposeScope();
-        using var _ = torch.no_grad();
-        for (int r = 0; r < _ema.Count; r++)
-        {
-            double rate = Options.EmaRates[r];
-            for (int i = 0; i < _masterParams.Count; i++) _ema[r][i].mul_(rate).add_(_masterParams[i], alpha: 1.0 - rate);
-        }
-    }
-
-    private static double ToDouble(Tensor scalar)
-    {
-        using var d = scalar.detach().to(ScalarType.Float64).cpu();
-        return d.item<double>();
-    }
-
-    private static double[] ToArray(Tensor t)
-    {
-        using var d = t.detach().to(ScalarType.Float64).cpu().contiguous();
-        return d.data<double>().ToArray();
-    }
-
-    private void CheckEmaIndex(int index)
-    {
-        if (index < 0 || index >= _ema.Count) throw new ArgumentException($"EMA index {index} is out of range: {_ema.Count} EMA rates are configured.", nameof(index));
-    }
-
-    private static void Validate(MdtDistillerOptions o)
-    {
-        if (!(o.LearningRate >= 0) || !double.IsFinite(o.LearningRate)) throw new ArgumentException($"LearningRate must be >= 0, got {o.LearningRate}.", nameof(o));
-        if (o.BatchSplit < 1) throw new ArgumentException($"BatchSplit must be >= 1, got {o.BatchSplit}.", nameof(o));
-        if (o.EmaRates is null) throw new ArgumentException("EmaRates must not be null (use an empty list).", nameof(o));
-        foreach (var r in o.EmaRates)
-            if (!(r >= 0 && r <= 1)) throw new ArgumentException($"EMA rates must be in [0, 1], got {r}.", nameof(o));
-        if (o.KeepCheckpoints < 1) throw new ArgumentException($"KeepCheckpoints must be >= 1, got {o.KeepCheckpoints}.", nameof(o));
-        if (o.CheckpointEvery < 0) throw new ArgumentException($"CheckpointEvery must be >= 0, got {o.CheckpointEvery}.", nameof(o));
-        if (!Enum.IsDefined(o.Precision)) throw new ArgumentException($"unknown precision {o.Precision}.", nameof(o));
-    }
-
-    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+    public double CurrentLearningRate => _core.CurrentLearningRate;
 
     /// <summary>Releases the optimizer, EMA copies, master weights and the generator (not the networks).</summary>
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        _optimizer.Dispose();
-        foreach (var list in _ema) foreach (var t in list) t.Dispose();
-        if (_ownsMasters) foreach (var p in _masterParams) p.Dispose();
-        _generator.Dispose();
-    }
-
-    // ---------------------------------------------------------------- checkpoints
+    public void Dispose() => _core.Dispose();
 
     /// <summary>Test hook: called after each checkpoint file is written (before the manifest); throwing simulates a crash.</summary>
-    internal Action<string>? CheckpointFileWritten { get; set; }
+    internal Action<string>? CheckpointFileWritten { get => _core.CheckpointFileWritten; set => _core.CheckpointFileWritten = value; }
 
     /// <summary>
-    /// Writes a checkpoint of everything a resume needs (student, float32 masters, EMA copies, AdamW state, clipper
-    /// statistics, generator state, step counters) as the folder <c>step-NNNNNNNNN</c> under
+    /// Writes a checkpoint of everything a resume needs (student, master weights, EMA copies, AdamW state, clipper
+    /// statistics, generator state, loss scale, step counters) as the folder <c>step-NNNNNNNNN</c> under
     /// <paramref name="directory"/>. The files are written into a hidden temporary folder, a manifest with their
     /// sizes and SHA-256 hashes is written last, and the folder is then renamed into place, so a crash at any point
     /// leaves every earlier checkpoint intact and never exposes a partial one. Older checkpoints beyond
-    /// <see cref="MdtDistillerOptions.KeepCheckpoints"/> are deleted afterwards.
+    /// <see cref="TrainingOptions.KeepCheckpoints"/> are deleted afterwards. In data-parallel runs only rank 0 writes.
     /// </summary>
     /// <returns>The checkpoint folder.</returns>
-    public string SaveCheckpoint(string directory)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(directory);
-        ThrowIfDisposed();
-        using var scope = torch.NewDisposeScope();
-        var writer = new CheckpointWriter(directory, Step, CheckpointFileWritten);
-        writer.WriteTensors(CheckpointFiles.Student, Student.Module.state_dict());
-        if (_ownsMasters) writer.WriteTensors(CheckpointFiles.Master, NamedMasters());
-        for (int r = 0; r < _ema.Count; r++)
-            writer.WriteTensors(CheckpointFiles.Ema(r), _modelParams.Select((p, i) => (p.Name, _ema[r][i])).ToDictionary(x => x.Name, x => x.Item2));
-        using (var ms = new MemoryStream())
-        {
-            using (var bw = new BinaryWriter(ms, System.Text.Encoding.UTF8, leaveOpen: true)) _optimizer.save_state_dict(bw);
-            writer.WriteBytes(CheckpointFiles.Optimizer, ms.ToArray());
-        }
-        var state = new Dictionary<string, Tensor> { ["rng"] = _generator.get_state() };
-        if (GradClipper is not null) state["clip_norms"] = torch.tensor(GradClipper.RecentNorms);
-        writer.WriteTensors(CheckpointFiles.State, state);
-        var info = new CheckpointInfo
-        {
-            Step = Step,
-            SkippedSteps = SkippedSteps,
-            LogLossScale = LogLossScale,
-            Seed = Options.Seed,
-            EmaRates = Options.EmaRates.ToArray(),
-            Precision = Options.Precision.ToString(),
-            HasClipper = GradClipper is not null,
-            ClipCurrentMaxNorm = GradClipper?.CurrentMaxNorm,
-            ClipBufferPosition = GradClipper?.BufferPosition ?? 0,
-            ClipBufferLength = GradClipper?.BufferLength ?? 0,
-            ParameterNames = _modelParams.Select(p => p.Name).ToArray(),
-        };
-        writer.WriteJson(CheckpointFiles.Trainer, info);
-        var path = writer.Commit();
-        CheckpointStore.Prune(directory, Options.KeepCheckpoints);
-        _logger.LogInformation("Checkpoint of step {Step} written to {Path}.", Step, path);
-        return path;
-    }
+    public string SaveCheckpoint(string directory) => _core.SaveCheckpoint(directory);
 
     /// <summary>Restores the state saved by <see cref="SaveCheckpoint"/> from the checkpoint folder <paramref name="checkpoint"/>.</summary>
-    /// <exception cref="InvalidDataException">The checkpoint is incomplete, corrupt, or from an incompatible configuration.</exception>
-    public void LoadCheckpoint(string checkpoint)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(checkpoint);
-        ThrowIfDisposed();
-        CheckpointStore.Verify(checkpoint);
-        var info = CheckpointStore.ReadJson<CheckpointInfo>(Path.Combine(checkpoint, CheckpointFiles.Trainer));
-        if (!info.ParameterNames.SequenceEqual(_modelParams.Select(p => p.Name)))
-            throw new InvalidDataException($"checkpoint '{checkpoint}' was written for a student with other trainable parameters.");
-        if (info.EmaRates.Length != _ema.Count || !info.EmaRates.SequenceEqual(Options.EmaRates))
-            throw new InvalidDataException($"checkpoint '{checkpoint}' has EMA rates [{string.Join(", ", info.EmaRates)}], this distiller [{string.Join(", ", Options.EmaRates)}].");
-        if (info.Precision != Options.Precision.ToString())
-            throw new InvalidDataException($"checkpoint '{checkpoint}' was written with precision {info.Precision}, this distiller uses {Options.Precision}.");
-        if (info.HasClipper != (GradClipper is not null))
-            throw new InvalidDataException($"checkpoint '{checkpoint}' was written {(info.HasClipper ? "with" : "without")} gradient clipping; this distiller is configured {(GradClipper is null ? "without" : "with")}.");
-
-        using (torch.no_grad())
-        {
-            using (var sd = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.Student)))
-                Student.Module.load_state_dict(sd.Tensors, strict: true);
-            if (_ownsMasters)
-            {
-                using var m = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.Master));
-                for (int i = 0; i < _masterParams.Count; i++) _masterParams[i].copy_(m.Get(_modelParams[i].Name));
-            }
-            for (int r = 0; r < _ema.Count; r++)
-            {
-                using var e = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.Ema(r)));
-                for (int i = 0; i < _masterParams.Count; i++) _ema[r][i].copy_(e.Get(_modelParams[i].Name));
-            }
-        }
-        using (var fs = File.OpenRead(Path.Combine(checkpoint, CheckpointFiles.Optimizer)))
-        using (var br = new BinaryReader(fs))
-            _optimizer.load_state_dict(br);
-        using (var state = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.State)))
-        {
-            _generator.set_state(state.Get("rng"));
-            if (GradClipper is not null)
-                GradClipper.Restore(state.Get("clip_norms").data<float>().ToArray(), info.ClipCurrentMaxNorm, info.ClipBufferPosition, info.ClipBufferLength);
-        }
-        Step = info.Step;
-        SkippedSteps = info.SkippedSteps;
-        LogLossScale = info.LogLossScale;
-        _logger.LogInformation("Resumed from checkpoint {Path} at step {Step}.", checkpoint, Step);
-    }
+    /// <exception cref="InvalidDataException">The checkpoint is incomplete, corrupt, or from an incompatible configuration (including another world size).</exception>
+    public void LoadCheckpoint(string checkpoint) => _core.LoadCheckpoint(checkpoint);
 
     /// <summary>Loads the newest complete checkpoint under <paramref name="directory"/> (the configured folder when null). Returns false if there is none.</summary>
-    public bool TryResume(string? directory = null)
-    {
-        var dir = directory ?? Options.CheckpointDirectory ?? throw new ArgumentException("no checkpoint folder given or configured.", nameof(directory));
-        var latest = CheckpointStore.FindLatest(dir);
-        if (latest is null) return false;
-        LoadCheckpoint(latest);
-        return true;
-    }
-
-    private Dictionary<string, Tensor> NamedMasters() => _modelParams.Select((p, i) => (p.Name, (Tensor)_masterParams[i])).ToDictionary(x => x.Name, x => x.Item2);
+    public bool TryResume(string? directory = null) => _core.TryResume(directory);
 }

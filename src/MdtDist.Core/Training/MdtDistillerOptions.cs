@@ -1,3 +1,5 @@
+using MdtDist.Core.Training.Parallel;
+
 namespace MdtDist.Core.Training;
 
 /// <summary>Where the optimizer's weights live.</summary>
@@ -10,10 +12,29 @@ public enum TrainingPrecision
     /// TRELLIS's <c>fp16_mode = "inflat_all"</c>: the student's parameters may be float16/bfloat16 (the network
     /// decides which parts compute in low precision); the optimizer, the gradient clipping and the EMA work on float32
     /// master copies, gradients are copied to the masters after backward and the masters are cast back to the
-    /// student after each update. When any parameter is float16 the loss is scaled by 2^s with TRELLIS's dynamic rule
+    /// student after each update. Masters are float32, or float64 for float64 parameters (never narrower than the
+    /// parameter). When any parameter is float16 (or <see cref="LossScaling.Dynamic"/> is set) the loss is scaled by 2^s with TRELLIS's dynamic rule
     /// (s starts at 20, +growth after a good step, −1 after a step with non-finite gradients, which is skipped).
     /// </summary>
     Fp32MasterWeights,
+}
+
+/// <summary>When the loss is multiplied by a dynamic scale 2^s before backward (TRELLIS's <c>fp16_mode = "inflat_all"</c> rule).</summary>
+public enum LossScaling
+{
+    /// <summary>Only when <see cref="TrainingPrecision.Fp32MasterWeights"/> is used and a trained parameter is float16.</summary>
+    Auto,
+
+    /// <summary>
+    /// Always, whatever the dtype: s starts at <see cref="TrainingOptions.InitialLogLossScale"/>, grows by
+    /// <see cref="TrainingOptions.LossScaleGrowth"/> after a good step and drops by 1 after a skipped one; gradients
+    /// are divided by 2^s before clipping and the optimizer (exact: a power of two). This is TRELLIS's rule; in float32
+    /// or float64 it changes nothing but rounding, and it lets a float64 run reproduce TRELLIS's update bit for bit.
+    /// </summary>
+    Dynamic,
+
+    /// <summary>Never.</summary>
+    None,
 }
 
 /// <summary>Settings of TRELLIS's adaptive gradient clipping (see <see cref="AdaptiveGradClipper"/>).</summary>
@@ -22,8 +43,11 @@ public enum TrainingPrecision
 /// <param name="BufferSize">Number of recent norms kept.</param>
 public sealed record GradientClipping(double? MaxNorm = 1.0, double Percentile = 95.0, int BufferSize = 1000);
 
-/// <summary>Settings of <see cref="MdtDistiller"/> (defaults follow MDT-dist's released configs where they exist).</summary>
-public sealed record MdtDistillerOptions
+/// <summary>
+/// Settings shared by every trainer built on the common training loop (<see cref="MdtDistiller"/>,
+/// <see cref="FlowMatchingTrainer"/>); defaults follow MDT-dist's released configs where they exist.
+/// </summary>
+public abstract record TrainingOptions
 {
     /// <summary>AdamW learning rate (MDT-dist: 4e-8 for the SS stage, 1e-8 for SLat — tiny because the student starts at the teacher).</summary>
     public double LearningRate { get; init; } = 1e-4;
@@ -61,13 +85,23 @@ public sealed record MdtDistillerOptions
     /// <summary>Where the optimizer's weights live.</summary>
     public TrainingPrecision Precision { get; init; } = TrainingPrecision.Native;
 
-    /// <summary>Growth of log2 of the loss scale per good step (float16 students only; TRELLIS 1e-3).</summary>
+    /// <summary>When the dynamic loss scale is used (TRELLIS's <c>inflat_all</c> rule; see <see cref="LossScaling"/>).</summary>
+    public LossScaling LossScaling { get; init; } = LossScaling.Auto;
+
+    /// <summary>Growth of log2 of the loss scale per good step (TRELLIS <c>fp16_scale_growth</c> 1e-3).</summary>
     public double LossScaleGrowth { get; init; } = 1e-3;
 
-    /// <summary>Initial log2 of the loss scale (float16 students only; TRELLIS 20).</summary>
+    /// <summary>Initial log2 of the loss scale (TRELLIS 20).</summary>
     public double InitialLogLossScale { get; init; } = 20.0;
 
-    /// <summary>Seed of the distiller's random generator (noise and time draws).</summary>
+    /// <summary>
+    /// Whether the EMA copies are updated after a skipped (non-finite) step too. TRELLIS does (default true): its
+    /// <c>update_ema</c> runs after every <c>run_step</c>, so the EMA moves toward the unchanged weights. False keeps
+    /// the EMA untouched on a skipped step.
+    /// </summary>
+    public bool EmaOnSkippedStep { get; init; } = true;
+
+    /// <summary>Seed of the trainer's random generator (noise, time and dropout draws). With a communicator, rank r uses seed + r.</summary>
     public long Seed { get; init; }
 
     /// <summary>Folder for checkpoints; null: none are written automatically.</summary>
@@ -81,11 +115,25 @@ public sealed record MdtDistillerOptions
 
     /// <summary>Log a summary (losses, gradient norm, time-binned losses) every this many steps (0: never).</summary>
     public int LogEvery { get; init; } = 100;
+
+    /// <summary>
+    /// Data-parallel training: the processes of one run, each with its own batch shard (null: a single process).
+    /// Parameters and optimizer state are broadcast from rank 0 at start and resume, gradients are averaged after
+    /// backward (bucketed, in the training dtype, before unscaling and clipping), and only rank 0 writes checkpoints.
+    /// </summary>
+    public ITrainingCommunicator? Communicator { get; init; }
+
+    /// <summary>Largest gradient bucket of one all-reduce call, in bytes (torch DDP's default: 25 MiB).</summary>
+    public long AllReduceBucketBytes { get; init; } = 25L << 20;
 }
+
+/// <summary>Settings of <see cref="MdtDistiller"/> (all of them shared with the other trainers; see <see cref="TrainingOptions"/>).</summary>
+public sealed record MdtDistillerOptions : TrainingOptions;
+
 
 /// <summary>The report of one training step.</summary>
 /// <param name="Step">Steps completed, this one included.</param>
-/// <param name="TotalSteps">The step count the run goes to (0 for a single <see cref="MdtDistiller.TrainStep"/>).</param>
+/// <param name="TotalSteps">The step count the run goes to (0 for a single <c>TrainStep</c>).</param>
 /// <param name="Loss">Total loss of the step (mean over micro-batches; NaN or ∞ when the loss itself was not finite).</param>
 /// <param name="LossVm">The VM term, or null when disabled.</param>
 /// <param name="LossVd">The VD term, or null when disabled.</param>
@@ -96,4 +144,8 @@ public sealed record MdtDistillerOptions
 /// <param name="TimeBinLoss">Mean per-sample loss of the step in each non-empty time bin 0…9 (t ∈ [i/10, (i+1)/10)).</param>
 /// <param name="Elapsed">Wall time of the step.</param>
 public sealed record DistillationProgress(long Step, long TotalSteps, double Loss, double? LossVm, double? LossVd, double? GradNorm,
-    double? ClipMaxNorm, bool Skipped, long SkippedSteps, IReadOnlyDictionary<int, double> TimeBinLoss, TimeSpan Elapsed);
+    double? ClipMaxNorm, bool Skipped, long SkippedSteps, IReadOnlyDictionary<int, double> TimeBinLoss, TimeSpan Elapsed)
+{
+    /// <summary>log2 of the loss scale after the step (0 when no loss scaling is used).</summary>
+    public double LogLossScale { get; init; }
+}
