@@ -25,7 +25,10 @@ namespace MiniTrellis;
 public sealed record JobBudget(int Stage1Steps, int Stage2Steps, int Batch1, int Batch2, int PerClass, int DataShapes)
 {
     /// <summary>The default main job.</summary>
-    public static JobBudget Default { get; } = new(600, 300, 16, 8, 6, 900);
+    public static JobBudget Default { get; } = new(300, 150, 16, 8, 6, 900);
+
+    /// <summary>The default ablation (five distillations, so a third of the main job's steps each).</summary>
+    public static JobBudget Ablation { get; } = new(100, 50, 16, 8, 6, 900);
 
     /// <summary>The tiny budget of <c>--quick</c> (the end-to-end test).</summary>
     public static JobBudget Quick { get; } = new(3, 2, 4, 2, 2, 36);
@@ -57,13 +60,15 @@ public static class MiniTrellisApp
 
         var teachers = new Command("train-teachers", "train the VAEs and the two flow-matching teachers and write them as a TRELLIS model folder");
         var tOut = new Option<string>("--out") { Description = "model folder to write", DefaultValueFactory = _ => "mini-trellis-model" };
-        teachers.Options.Add(tOut); teachers.Options.Add(quickOpt); teachers.Options.Add(threadsOpt);
+        var vaeOpt = new Option<int?>("--vae-steps") { Description = "steps of each VAE" };
+        foreach (var o in new Option[] { tOut, quickOpt, threadsOpt, s1Opt, s2Opt, vaeOpt }) teachers.Options.Add(o);
         root.Subcommands.Add(teachers);
 
         var ablation = new Command("ablation", "distil VM only, VD only, VM + VD, the consistency baseline and continuous VM; evaluate each at 1 and 2 steps");
         foreach (var o in new Option[] { outOpt, modelOpt, quickOpt, threadsOpt, s1Opt, s2Opt }) ablation.Options.Add(o);
         root.Subcommands.Add(ablation);
 
+        if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 160);
         using var cts = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) =>
         {
@@ -80,7 +85,7 @@ public static class MiniTrellisApp
                 AnsiConsole.MarkupLine("[yellow]Stopped. Distillation checkpoints are kept: run the same command again to resume.[/]");
                 return 130;
             }
-            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or ArgumentException)
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or ArgumentException && Environment.GetEnvironmentVariable("MINITRELLIS_DEBUG") is null)
             {
                 AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(e.Message)}");
                 return 3;
@@ -96,12 +101,18 @@ public static class MiniTrellisApp
         teachers.SetAction(pr => Guard(() =>
         {
             torch.set_num_threads(pr.GetValue(threadsOpt));
-            return TeacherTraining.Run(pr.GetValue(tOut)!, pr.GetValue(quickOpt) ? TeacherBudget.Quick : TeacherBudget.Default, cts.Token);
+            var b = pr.GetValue(quickOpt) ? TeacherBudget.Quick : TeacherBudget.Default;
+            b = b with
+            {
+                Stage1Steps = pr.GetValue(s1Opt) ?? b.Stage1Steps, Stage2Steps = pr.GetValue(s2Opt) ?? b.Stage2Steps,
+                StructureVaeSteps = pr.GetValue(vaeOpt) ?? b.StructureVaeSteps, LatentVaeSteps = pr.GetValue(vaeOpt) ?? b.LatentVaeSteps,
+            };
+            return TeacherTraining.Run(pr.GetValue(tOut)!, b, cts.Token);
         }));
         ablation.SetAction(pr => Guard(() =>
         {
             torch.set_num_threads(pr.GetValue(threadsOpt));
-            var budget = Budget(pr.GetValue(quickOpt), pr.GetValue(s1Opt), pr.GetValue(s2Opt));
+            var budget = Budget(pr.GetValue(quickOpt), pr.GetValue(s1Opt), pr.GetValue(s2Opt), ablation: true);
             return Ablation(pr.GetValue(outOpt) ?? DefaultOut + "-ablation", pr.GetValue(modelOpt) ?? MiniTrellisModels.ShippedFolder, budget, cts.Token);
         }));
         try
@@ -114,9 +125,9 @@ public static class MiniTrellisApp
         }
     }
 
-    private static JobBudget Budget(bool quick, int? s1, int? s2)
+    private static JobBudget Budget(bool quick, int? s1, int? s2, bool ablation = false)
     {
-        var b = quick ? JobBudget.Quick : JobBudget.Default;
+        var b = quick ? JobBudget.Quick : ablation ? JobBudget.Ablation : JobBudget.Default;
         return b with { Stage1Steps = s1 ?? b.Stage1Steps, Stage2Steps = s2 ?? b.Stage2Steps };
     }
 
@@ -257,7 +268,7 @@ public static class MiniTrellisApp
             new FloorEntry(floor.Coverage, floor.MinimumMatchingDistance, floor.OneNearestNeighbourAccuracy),
             new DistillationEntry(budget.Stage1Steps, budget.Stage2Steps, distillSeconds),
             new SetupEntry(ShapeDistribution.Resolution, ShapeDistribution.ClassNames.ToArray(), budget.PerClass * ShapeDistribution.ClassCount,
-                budget.PerClass * ShapeDistribution.ClassCount, w, torch.get_num_threads(), total.Elapsed.TotalSeconds));
+                budget.PerClass * ShapeDistribution.ClassCount, w, torch.get_num_threads(), total.Elapsed.TotalSeconds, Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds));
         var resultsPath = Path.Combine(outDir, "results.json");
         ResultsFile.Write(resultsPath, report);
 
@@ -275,7 +286,7 @@ public static class MiniTrellisApp
         WriteGaussianPlys(m, s1, s2, Path.Combine(outDir, "ply"), ct);
         if (saveSamples) SaveSamples(outDir, results, ev);
         total.Stop();
-        AnsiConsole.MarkupLine($"distillation: {budget.Stage1Steps} + {budget.Stage2Steps} steps in {distillSeconds:F1} s; total {total.Elapsed.TotalSeconds:F1} s");
+        AnsiConsole.MarkupLine($"distillation: {budget.Stage1Steps} + {budget.Stage2Steps} steps in {distillSeconds:F1} s; total {total.Elapsed.TotalSeconds:F1} s wall, {Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds:F1} s CPU");
         AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(resultsPath)}[/], samples.png and ply/ in {Markup.Escape(Path.GetFullPath(outDir))}");
         return 0;
     }
@@ -357,7 +368,7 @@ public static class MiniTrellisApp
             new FloorEntry(floor.Coverage, floor.MinimumMatchingDistance, floor.OneNearestNeighbourAccuracy),
             new DistillationEntry(budget.Stage1Steps, budget.Stage2Steps, distillSeconds.Values.Sum()),
             new SetupEntry(ShapeDistribution.Resolution, ShapeDistribution.ClassNames.ToArray(), budget.PerClass * ShapeDistribution.ClassCount,
-                budget.PerClass * ShapeDistribution.ClassCount, w, torch.get_num_threads(), total.Elapsed.TotalSeconds));
+                budget.PerClass * ShapeDistribution.ClassCount, w, torch.get_num_threads(), total.Elapsed.TotalSeconds, Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds));
         ResultsFile.Write(Path.Combine(outDir, "ablation.json"), report);
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "ablation.json"))}; total {total.Elapsed.TotalSeconds:F1} s");
         return 0;

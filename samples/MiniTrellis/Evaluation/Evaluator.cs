@@ -91,8 +91,8 @@ public sealed class Evaluator
         for (int i = 0; i < classes.Length; i++)
         {
             var sample = run.Samples[i];
-            voxels[i] = sample.Coords.to(ScalarType.Int32).contiguous().data<int>().ToArray();
-            if (sample.Gaussians is { } g)
+            voxels[i] = sample.IsEmpty ? Array.Empty<int>() : sample.Coords.to(ScalarType.Int32).contiguous().data<int>().ToArray();
+            if (!sample.IsEmpty && sample.Gaussians is { } g)
             {
                 using var scope = torch.NewDisposeScope();
                 var rgb = (0.5 + AutoencoderTraining.ShC0 * g.FeaturesDc.reshape(-1, 3)).clamp(0, 1).to(ScalarType.Float32).contiguous();

@@ -39,7 +39,8 @@ public sealed record SetupEntry(
     [property: JsonPropertyName("reference_samples")] int ReferenceSamples,
     [property: JsonPropertyName("teacher_cfg")] double TeacherCfg,
     [property: JsonPropertyName("threads")] int Threads,
-    [property: JsonPropertyName("total_seconds")] double TotalSeconds);
+    [property: JsonPropertyName("total_seconds")] double TotalSeconds,
+    [property: JsonPropertyName("process_cpu_seconds")] double ProcessCpuSeconds);
 
 /// <summary>The file <c>DIR/results.json</c> of the main job.</summary>
 public sealed record ResultsFile(

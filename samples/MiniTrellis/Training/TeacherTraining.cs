@@ -18,7 +18,7 @@ namespace MiniTrellis.Training;
 public sealed record TeacherBudget(int StructureVaeSteps, int LatentVaeSteps, int Stage1Steps, int Stage2Steps, int Batch1, int Batch2, int DataShapes)
 {
     /// <summary>The budget of the shipped teachers.</summary>
-    public static TeacherBudget Default { get; } = new(1500, 800, 4000, 2500, 16, 8, 1800);
+    public static TeacherBudget Default { get; } = new(800, 400, 2000, 1200, 16, 8, 1800);
 
     /// <summary>A smoke-test budget.</summary>
     public static TeacherBudget Quick { get; } = new(3, 3, 3, 3, 4, 2, 18);
@@ -41,17 +41,33 @@ public static class TeacherTraining
         double iou = 0, colourErr = 0;
         var times = new Dictionary<string, double>();
         var sw = Stopwatch.StartNew();
-        Progress(ctx =>
+        var vaeDir = Path.Combine(work, "vae");
+        if (File.Exists(Path.Combine(vaeDir, "done.txt")))
         {
-            var t = ctx.AddTask("structure VAE", maxValue: budget.StructureVaeSteps);
-            iou = AutoencoderTraining.TrainStructureVae(m.StructureEncoder, m.StructureDecoder, budget.StructureVaeSteps, budget.Batch1,
-                new InlineProgress<TrainReport>(r => { t.Value = r.Step; t.Description = $"structure VAE (IoU {r.Quality:F3})"; }), ct);
-            times["structure_vae"] = sw.Elapsed.TotalSeconds; sw.Restart();
-            var t2 = ctx.AddTask("latent VAE", maxValue: budget.LatentVaeSteps);
-            colourErr = AutoencoderTraining.TrainLatentVae(m.LatentEncoder, m.GaussianDecoder, budget.LatentVaeSteps, budget.Batch2,
-                new InlineProgress<TrainReport>(r => { t2.Value = r.Step; t2.Description = $"latent VAE (colour err {r.Quality:F3})"; }), ct);
-            times["latent_vae"] = sw.Elapsed.TotalSeconds; sw.Restart();
-        });
+            // A finished VAE stage of an earlier run (the flows resume from their own checkpoints).
+            foreach (var (net, name) in new (TorchSharp.torch.nn.Module, string)[] { (m.StructureEncoder, "ss_enc"), (m.StructureDecoder, "ss_dec"), (m.LatentEncoder, "slat_enc"), (m.GaussianDecoder, "slat_dec_gs") })
+                MdtDist.Trellis.Checkpoints.TrellisCheckpoint.LoadWeights(net, Path.Combine(vaeDir, name + ".safetensors"));
+            foreach (var net in new TorchSharp.torch.nn.Module[] { m.StructureEncoder, m.StructureDecoder, m.LatentEncoder, m.GaussianDecoder }) net.eval();
+            AnsiConsole.MarkupLine($"VAEs loaded from {Markup.Escape(vaeDir)} (delete it to retrain them)");
+        }
+        else
+        {
+            Progress(ctx =>
+            {
+                var t = ctx.AddTask("structure VAE", maxValue: budget.StructureVaeSteps);
+                iou = AutoencoderTraining.TrainStructureVae(m.StructureEncoder, m.StructureDecoder, budget.StructureVaeSteps, budget.Batch1,
+                    new InlineProgress<TrainReport>(r => { t.Value = r.Step; t.Description = $"structure VAE (IoU {r.Quality:F3})"; }), ct);
+                times["structure_vae"] = sw.Elapsed.TotalSeconds; sw.Restart();
+                var t2 = ctx.AddTask("latent VAE", maxValue: budget.LatentVaeSteps);
+                colourErr = AutoencoderTraining.TrainLatentVae(m.LatentEncoder, m.GaussianDecoder, budget.LatentVaeSteps, budget.Batch2,
+                    new InlineProgress<TrainReport>(r => { t2.Value = r.Step; t2.Description = $"latent VAE (colour err {r.Quality:F3})"; }), ct);
+                times["latent_vae"] = sw.Elapsed.TotalSeconds; sw.Restart();
+            });
+            Directory.CreateDirectory(vaeDir);
+            foreach (var (net, name) in new (TorchSharp.torch.nn.Module, string)[] { (m.StructureEncoder, "ss_enc"), (m.StructureDecoder, "ss_dec"), (m.LatentEncoder, "slat_enc"), (m.GaussianDecoder, "slat_dec_gs") })
+                MdtDist.Core.IO.SafeTensors.Save(Path.Combine(vaeDir, name + ".safetensors"), net.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value));
+            MiniTrellisModels.WriteTextAtomically(Path.Combine(vaeDir, "done.txt"), $"structure VAE IoU {iou}, latent VAE colour error {colourErr}\n");
+        }
         FlowData? data = null;
         Progress(ctx =>
         {
@@ -84,7 +100,6 @@ public static class TeacherTraining
 
     private static void TrainFlow(IFlowNetwork net, Func<long, DistillationBatch> batch, int steps, string dir, ProgressTask task, string label, CancellationToken ct)
     {
-#if FM_TRAINER
         var options = new FlowMatchingTrainerOptions
         {
             LearningRate = 1e-3, EmaRates = new[] { 0.999 }, Seed = 5, PUncond = 0.1, CheckpointDirectory = dir, CheckpointEvery = 250,
@@ -96,9 +111,6 @@ public static class TeacherTraining
             new InlineProgress<TrainingProgress>(p => { task.Value = p.Step; task.Description = $"{label} (loss {p.Loss:F3})"; }), ct);
         trainer.CopyEmaTo(net.Module);
         net.Module.eval();
-#else
-        Console.WriteLine($"TEMPORARY: {label} left untrained ({net}, {batch}, {steps}, {dir}, {task}, {ct.IsCancellationRequested})");
-#endif
     }
 
     private static void Progress(Action<ProgressContext> body) =>
