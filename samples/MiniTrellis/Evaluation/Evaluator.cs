@@ -136,6 +136,14 @@ public sealed class Evaluator
             g.Voxels.Count(v => v.Length == 0));
     }
 
+    /// <summary>The data-vs-data floor as a result row (class fidelity and colour error of real shapes included).</summary>
+    public ResultRow FloorRow()
+    {
+        var floor = ShapeDistribution.FloorSet(PerClass);
+        var set = new GeneratedSet(floor.Select(s => s.Class).ToArray(), floor.Select(s => s.Voxels).ToArray(), floor.Select(s => s.Colors).ToArray(), 0, 0);
+        return Score("data vs data (floor)", "data", new[] { 0, 0 }, new[] { 0, 0 }, set);
+    }
+
     /// <summary>The data-vs-data floor: an independent draw of the distribution (same size) against the reference.</summary>
     public SetComparison Floor()
     {

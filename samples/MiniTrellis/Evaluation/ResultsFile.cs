@@ -23,7 +23,8 @@ public sealed record ResultEntry(
 public sealed record FloorEntry(
     [property: JsonPropertyName("cov")] double Cov,
     [property: JsonPropertyName("mmd")] double Mmd,
-    [property: JsonPropertyName("nna")] double Nna);
+    [property: JsonPropertyName("nna")] double Nna,
+    [property: JsonPropertyName("class_fidelity")] double ClassFidelity);
 
 /// <summary>What the distillation cost.</summary>
 public sealed record DistillationEntry(

@@ -27,7 +27,7 @@ public static class VoxelRenderer
     {
         const double yaw = 0.7, pitch = 0.5;
         double r = ShapeDistribution.Resolution, half = r / 2;
-        double scale = size / (r * 1.8);
+        double scale = size / (r * 1.35);
         var depth = new double[size * size];
         Array.Fill(depth, double.NegativeInfinity);
         int n = voxels.Length / 3;

@@ -177,7 +177,7 @@ public sealed class MiniTrellisModels
     }
 
     /// <summary>The teachers' guidance strength w (TRELLIS's <c>cfg_strength</c>) in the 25-step schedule.</summary>
-    public static double TeacherGuidance { get; set; } = 3.0;
+    public const double TeacherGuidance = 3.0;
 
     /// <summary>A pipeline of the teachers with TRELLIS's schedule (25 steps, CFG on [0.5, 1], rescale_t 3).</summary>
     public TrellisPipeline Pipeline() => new(StructureFlow, StructureDecoder, LatentFlow, GaussianDecoder, Normalization,
