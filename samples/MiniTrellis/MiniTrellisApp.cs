@@ -12,6 +12,7 @@ using MiniTrellis.Model;
 using MiniTrellis.Training;
 using Spectre.Console;
 using TorchSharp;
+using static TorchSharp.torch;
 
 namespace MiniTrellis;
 
@@ -151,6 +152,15 @@ public static class MiniTrellisApp
         MdtDistSettings settings, string dir, string label, CancellationToken ct)
     {
         var objective = MdtDistObjective.Create(settings);
+        // Continuous VM differentiates the student's JVP (double backward); libtorch's fused CPU attention kernels have
+        // no second derivative, so that student trains in float64, where the networks use explicit-math attention.
+        bool f64 = settings.Mode == DistillationMode.Continuous;
+        T Student<T>(string name) where T : nn.Module
+        {
+            var net = (T)MiniTrellisModels.Build(name, 0);
+            if (f64) net.to(ScalarType.Float64);
+            return net;
+        }
         var sw = Stopwatch.StartNew();
         SparseStructureFlowModel? s1 = null;
         SLatFlowModel? s2 = null;
@@ -159,7 +169,7 @@ public static class MiniTrellisApp
             var t1 = ctx.AddTask($"{label}: stage 1", maxValue: budget.Stage1Steps);
             var t2 = ctx.AddTask($"{label}: stage 2", maxValue: budget.Stage2Steps);
             var teacher1 = new TrellisFlowModel(m.StructureFlow);
-            using (var d1 = MdtDistiller.FromTeacher(teacher1, () => new TrellisFlowModel((SparseStructureFlowModel)MiniTrellisModels.Build("ss_flow", 0)),
+            using (var d1 = MdtDistiller.FromTeacher(teacher1, () => new TrellisFlowModel(Student<SparseStructureFlowModel>("ss_flow")),
                        objective, DistillerOptions(Path.Combine(dir, "stage1"), 1)))
             {
                 d1.TryResume();
@@ -171,7 +181,7 @@ public static class MiniTrellisApp
                 d1.CopyEmaTo(s1);
             }
             var teacher2 = new SLatFlowAdapter(m.LatentFlow);
-            using (var d2 = MdtDistiller.FromTeacher(teacher2, () => new SLatFlowAdapter((SLatFlowModel)MiniTrellisModels.Build("slat_flow", 0)),
+            using (var d2 = MdtDistiller.FromTeacher(teacher2, () => f64 ? new CastingFlowNetwork(new SLatFlowAdapter(Student<SLatFlowModel>("slat_flow")), ScalarType.Float64) : new SLatFlowAdapter(Student<SLatFlowModel>("slat_flow")),
                        objective, DistillerOptions(Path.Combine(dir, "stage2"), 2)))
             {
                 d2.TryResume();
@@ -372,6 +382,21 @@ public static class MiniTrellisApp
         ResultsFile.Write(Path.Combine(outDir, "ablation.json"), report);
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "ablation.json"))}; total {total.Elapsed.TotalSeconds:F1} s");
         return 0;
+    }
+}
+
+/// <summary>Runs a flow network in another dtype: the latent and the condition are cast in, the velocity cast back.</summary>
+public sealed class CastingFlowNetwork(IFlowNetwork inner, ScalarType dtype) : IFlowNetwork
+{
+    /// <inheritdoc />
+    public nn.Module Module => inner.Module;
+
+    /// <inheritdoc />
+    public Tensor Velocity(MdtDist.Core.Flow.Latent x, Tensor t, Tensor? condition)
+    {
+        using var scope = torch.NewDisposeScope();
+        var v = inner.Velocity(x.With(x.Data.to(dtype)), t.to(dtype), condition?.to(dtype));
+        return v.to(x.Data.dtype).MoveToOuterDisposeScope();
     }
 }
 
