@@ -26,10 +26,10 @@ namespace MiniTrellis;
 public sealed record JobBudget(int Stage1Steps, int Stage2Steps, int Batch1, int Batch2, int PerClass, int DataShapes)
 {
     /// <summary>The default main job.</summary>
-    public static JobBudget Default { get; } = new(300, 150, 16, 8, 6, 900);
+    public static JobBudget Default { get; } = new(200, 100, 16, 8, 6, 900);
 
-    /// <summary>The default ablation: five distillations, so a fifth of the main job's steps each, and 4 samples per class.</summary>
-    public static JobBudget Ablation { get; } = new(60, 30, 16, 8, 4, 900);
+    /// <summary>The default ablation: five distillations, so a fifth of the main job's steps each, and 3 samples per class.</summary>
+    public static JobBudget Ablation { get; } = new(40, 20, 16, 8, 3, 900);
 
     /// <summary>The tiny budget of <c>--quick</c> (the end-to-end test).</summary>
     public static JobBudget Quick { get; } = new(3, 2, 4, 2, 2, 36);
