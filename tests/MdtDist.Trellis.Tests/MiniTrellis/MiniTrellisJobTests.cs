@@ -64,24 +64,35 @@ public class MiniTrellisJobTests
     }
 
     [Fact]
-    public void AShortDistillationOfTheShippedTeacherImprovesTheOneStepStudent()
+    public void AShortDistillationMovesTheOneStepStudentTowardsTheGuidedTeacher()
     {
+        // What MDT-dist's VM term teaches: one student step from noise should land where the guided teacher's ODE
+        // lands. Measured on stage 1 in latent space with fixed noise (16 samples, all classes): the mean squared
+        // distance between the student's 1-step sample and the guided teacher's 25-step sample must shrink after 40
+        // distillation steps. (The set metrics of the main job need far more steps and samples to resolve; with 27
+        // samples a 40-step run moved the 1-step MMD from 4.19e-3 to 4.32e-3, inside their sampling noise.)
         var m = MiniTrellisModels.Load(MiniTrellisModels.ShippedFolder);
         foreach (var p in m.StructureFlow.parameters()) p.requires_grad = false;
-        using var data = FlowData.Build(m, 180, computeNormalization: false);
-        var ev = new Evaluator(perClass: 3);
-        // Before: the student is the teacher's copy, sampled with one unguided step.
-        var before = ev.Score(new Schedule("copy [1, 1]", "student", m.StructureFlow, m.LatentFlow, StageSampler.Student(1), StageSampler.Student(1)),
-            ev.Generate(m, new Schedule("copy [1, 1]", "student", m.StructureFlow, m.LatentFlow, StageSampler.Student(1), StageSampler.Student(1)), 5));
+        m.StructureFlow.eval();
+        using var data = FlowData.Build(m, 90, computeNormalization: false);
+        var classes = Enumerable.Range(0, 16).Select(i => i % global::MiniTrellis.Data.ShapeDistribution.ClassCount).ToArray();
+        using var cond = ClassCondition.Tokens(classes);
+        using var noise = torch.randn(new long[] { 16, 8, 4, 4, 4 }, generator: new torch.Generator(77));
+        var teacher = new TrellisFlowModel(m.StructureFlow);
+        var guided = new MdtDist.Core.Sampling.ClassifierFreeGuidance(teacher, MiniTrellisModels.TeacherGuidance);
+        using var target = new MdtDist.Core.Sampling.EulerSolver().Sample(guided, MdtDist.Core.Flow.Latent.Dense(noise), cond, MdtDist.Core.Sampling.TimeGrid.Trellis(25));
+        double Gap(MdtDist.Core.Flow.IFlowModel student)
+        {
+            using var one = new MdtDist.Core.Sampling.EulerSolver().Sample(student, MdtDist.Core.Flow.Latent.Dense(noise), cond, MdtDist.Core.Sampling.TimeGrid.Trellis(1));
+            return (one.Samples - target.Samples).square().mean().item<float>();
+        }
+        double before = Gap(teacher);
         var options = MiniTrellisApp.DistillerOptions(Directory.CreateTempSubdirectory("mdtdist-mini-distil-").FullName, 1) with { EmaRates = Array.Empty<double>() };
-        using var d = MdtDistiller.FromTeacher(new TrellisFlowModel(m.StructureFlow),
-            () => new TrellisFlowModel((SparseStructureFlowModel)MiniTrellisModels.Build("ss_flow", 0)),
+        using var d = MdtDistiller.FromTeacher(teacher, () => new TrellisFlowModel((SparseStructureFlowModel)MiniTrellisModels.Build("ss_flow", 0)),
             MdtDist.Core.Distillation.MdtDistObjective.Create(MiniTrellisApp.DistillationSettings(MiniTrellisModels.TeacherGuidance)), options);
         d.Train(new DelegateDataSource(s => data.StructureBatch(s, 8)), 40);
-        var student = (SparseStructureFlowModel)d.Student.Module;
-        student.eval();
-        var s = new Schedule("student [1, 1]", "student", student, m.LatentFlow, StageSampler.Student(1), StageSampler.Student(1));
-        var after = ev.Score(s, ev.Generate(m, s, 5));
-        Assert.True(after.Mmd < before.Mmd, $"1-step MMD before {before.Mmd:G4}, after {after.Mmd:G4}");
+        d.Student.Module.eval();
+        double after = Gap(d.Student);
+        Assert.True(after < before, $"1-step gap to the guided 25-step teacher: before {before:G4}, after {after:G4}");
     }
 }
