@@ -168,8 +168,8 @@ public static class MiniTrellisApp
         {
             var t1 = ctx.AddTask($"{label}: stage 1", maxValue: budget.Stage1Steps);
             var t2 = ctx.AddTask($"{label}: stage 2", maxValue: budget.Stage2Steps);
-            var teacher1 = new TrellisFlowModel(m.StructureFlow);
-            using (var d1 = MdtDistiller.FromTeacher(teacher1, () => new TrellisFlowModel(Student<SparseStructureFlowModel>("ss_flow")),
+            var teacher1 = new SparseStructureFlowAdapter(m.StructureFlow);
+            using (var d1 = MdtDistiller.FromTeacher(teacher1, () => new SparseStructureFlowAdapter(Student<SparseStructureFlowModel>("ss_flow")),
                        objective, DistillerOptions(Path.Combine(dir, "stage1"), 1)))
             {
                 d1.TryResume();

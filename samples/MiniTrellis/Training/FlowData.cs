@@ -50,7 +50,7 @@ public sealed class FlowData : IDisposable
             for (int i = 0; i < shapes.Count; i++) classes[start + i] = shapes[i].Class;
             var (_, mean, _) = m.StructureEncoder.Encode(ShapeTensors.Occupancy(shapes));
             ssParts.Add(mean.DetachFromDisposeScope());
-            var enc = m.LatentEncoder.Forward(ShapeTensors.Colors(shapes));
+            var enc = m.LatentEncoder.forward(ShapeTensors.Colors(shapes));
             var feats = enc.Mean.contiguous().data<float>().ToArray();
             int offset = 0;
             foreach (var s in shapes)

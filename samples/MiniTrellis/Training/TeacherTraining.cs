@@ -84,7 +84,7 @@ public static class TeacherTraining
         Progress(ctx =>
         {
             var t1 = ctx.AddTask("stage-1 teacher (flow matching)", maxValue: budget.Stage1Steps);
-            TrainFlow(new TrellisFlowModel(m.StructureFlow), s => flowData.StructureBatch(s, budget.Batch1, seed: 11), budget.Stage1Steps,
+            TrainFlow(new SparseStructureFlowAdapter(m.StructureFlow), s => flowData.StructureBatch(s, budget.Batch1, seed: 11), budget.Stage1Steps,
                 Path.Combine(work, "stage1"), t1, "stage-1 teacher", ct);
             times["stage1_flow"] = sw.Elapsed.TotalSeconds; sw.Restart();
             var t2 = ctx.AddTask("stage-2 teacher (flow matching)", maxValue: budget.Stage2Steps);
