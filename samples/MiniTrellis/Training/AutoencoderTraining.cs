@@ -83,7 +83,7 @@ public static class AutoencoderTraining
             using var scope = torch.NewDisposeScope();
             var shapes = Enumerable.Range(0, batch).Select(i => ShapeDistribution.Training(5_000_000 + (long)step * batch + i)).ToList();
             var x = ShapeTensors.Colors(shapes);
-            var z = enc.forward(x, samplePosterior: true, generator: g);
+            var z = enc.Encode(x, samplePosterior: true, generator: g);
             var f = dec.ForwardFeatures(z.Z).Feats;
             var rgb = 0.5 + ShC0 * f[.., 3..6];
             var colour = (rgb - x.Feats).square().mean();

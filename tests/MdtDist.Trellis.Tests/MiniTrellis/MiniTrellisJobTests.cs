@@ -78,7 +78,7 @@ public class MiniTrellisJobTests
         var classes = Enumerable.Range(0, 16).Select(i => i % global::MiniTrellis.Data.ShapeDistribution.ClassCount).ToArray();
         using var cond = ClassCondition.Tokens(classes);
         using var noise = torch.randn(new long[] { 16, 8, 4, 4, 4 }, generator: new torch.Generator(77));
-        var teacher = new TrellisFlowModel(m.StructureFlow);
+        var teacher = new SparseStructureFlowAdapter(m.StructureFlow);
         var guided = new MdtDist.Core.Sampling.ClassifierFreeGuidance(teacher, MiniTrellisModels.TeacherGuidance);
         using var target = new MdtDist.Core.Sampling.EulerSolver().Sample(guided, MdtDist.Core.Flow.Latent.Dense(noise), cond, MdtDist.Core.Sampling.TimeGrid.Trellis(25));
         double Gap(MdtDist.Core.Flow.IFlowModel student)
@@ -88,7 +88,7 @@ public class MiniTrellisJobTests
         }
         double before = Gap(teacher);
         var options = MiniTrellisApp.DistillerOptions(Directory.CreateTempSubdirectory("mdtdist-mini-distil-").FullName, 1) with { EmaRates = Array.Empty<double>() };
-        using var d = MdtDistiller.FromTeacher(teacher, () => new TrellisFlowModel((SparseStructureFlowModel)MiniTrellisModels.Build("ss_flow", 0)),
+        using var d = MdtDistiller.FromTeacher(teacher, () => new SparseStructureFlowAdapter((SparseStructureFlowModel)MiniTrellisModels.Build("ss_flow", 0)),
             MdtDist.Core.Distillation.MdtDistObjective.Create(MiniTrellisApp.DistillationSettings(MiniTrellisModels.TeacherGuidance)), options);
         d.Train(new DelegateDataSource(s => data.StructureBatch(s, 8)), 40);
         d.Student.Module.eval();
