@@ -158,7 +158,7 @@ public static class DistillTrellisApp
 
         var teacherNet = TrellisCheckpoint.Load(teacherStem);
         var studentNet = TrellisCheckpoint.Build(cfg.Denoiser);
-        TrellisCheckpoint.LoadWeights(studentNet, TrellisCheckpoint.ResolvePaths(studentStem).SafeTensors);
+        TrellisCheckpoint.LoadWeights(studentNet, studentStem + ".safetensors");
         IFlowNetwork teacherFlow = Adapt(teacherNet, "teacher"), studentFlow = Adapt(studentNet, "denoiser");
         MdtDistiller.Freeze(teacherFlow);
 
@@ -237,13 +237,13 @@ public static class DistillTrellisApp
             tried.Add(Path.Combine(teacherFolder, r));
         }
         foreach (var t in tried)
-            if (File.Exists(TrellisCheckpoint.ResolvePaths(t).Json)) return t;
+            if (File.Exists(t + ".json")) return t;
         throw new FileNotFoundException($"the {key} checkpoint was not found; tried {string.Join(", ", tried.Select(t => $"'{t}.json'"))}.", tried[0] + ".json");
     }
 
     private static IFlowNetwork Adapt(nn.Module net, string role) => net switch
     {
-        SparseStructureFlowModel ss => new TrellisFlowModel(ss),
+        SparseStructureFlowModel ss => new SparseStructureFlowAdapter(ss),
         SLatFlowModel slat => new SLatFlowAdapter(slat),
         _ => throw new InvalidDataException($"the {role} is a {net.GetType().Name}, not a TRELLIS flow (SparseStructureFlowModel, SLatFlowModel, ElasticSLatFlowModel)."),
     };

@@ -1,0 +1,3 @@
+using MiniTrellis;
+
+return MiniTrellisApp.Run(args);
