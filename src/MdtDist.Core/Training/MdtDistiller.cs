@@ -478,11 +478,16 @@ public sealed class MdtDistiller : IDisposable
         _logger.LogInformation("Resumed from checkpoint {Path} at step {Step}.", checkpoint, Step);
     }
 
-    /// <summary>Loads the newest complete checkpoint under <paramref name="directory"/> (the configured folder when null). Returns false if there is none.</summary>
+    /// <summary>
+    /// Loads the newest checkpoint under <paramref name="directory"/> (the configured folder when null) whose files
+    /// match their manifest (sizes and SHA-256); newer corrupt or incomplete ones are skipped with a logged warning.
+    /// Returns false if there is none.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The chosen checkpoint does not fit this distiller or holds malformed values.</exception>
     public bool TryResume(string? directory = null)
     {
         var dir = directory ?? Options.CheckpointDirectory ?? throw new ArgumentException("no checkpoint folder given or configured.", nameof(directory));
-        var latest = CheckpointStore.FindLatest(dir);
+        var latest = CheckpointStore.FindLatest(dir, _logger);
         if (latest is null) return false;
         LoadCheckpoint(latest);
         return true;
