@@ -27,10 +27,10 @@ public sealed record CampaignOptions
     public double StartupTimeoutSeconds { get; init; } = 120;
 
     /// <summary>Address-space cap of a child (prlimit --as), bytes. 0 = none.</summary>
-    public long AddressSpaceBytes { get; init; } = 12L << 30;
+    public long AddressSpaceBytes { get; init; } = 5L << 30;
 
     /// <summary>Managed heap cap of a child (DOTNET_GCHeapHardLimit), bytes.</summary>
-    public long ManagedHeapBytes { get; init; } = 1L << 30;
+    public long ManagedHeapBytes { get; init; } = 512L << 20;
 
     /// <summary>Allocation bound per input: peak resident memory above the level before it, and managed allocations.</summary>
     public long BoundBytes { get; init; } = 512L << 20;

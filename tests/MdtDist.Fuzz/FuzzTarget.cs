@@ -122,9 +122,14 @@ public abstract class FuzzTarget
     private void ApplyOracles(FuzzCase c)
     {
         foreach (var name in c.Touched.OrderBy(n => n, StringComparer.Ordinal))
-            if (c.Files.TryGetValue(name, out var b) && KindOf(name) == FileKind.SafeTensors && Mutator.SafeTensorsMustReject(b) is { } why)
+            if (c.Files.TryGetValue(name, out var b) && KindOf(name) == FileKind.SafeTensors && FormatOracleApplies(c, name)
+                && Mutator.SafeTensorsMustReject(b) is { } why)
                 c.Reject($"'{name}': {why}");
     }
+
+    /// <summary>Whether an invalid <paramref name="file"/> must make the whole input rejected (false where the
+    /// reader is expected to recover, e.g. by falling back to an older checkpoint).</summary>
+    protected virtual bool FormatOracleApplies(FuzzCase c, string file) => true;
 
     /// <summary>Hook after mutation (e.g. re-hash a manifest, add a stray folder, mark a case as must-reject).</summary>
     protected virtual void AfterMutation(FuzzCase c, IReadOnlyDictionary<string, byte[]> seed, Random rng) { }

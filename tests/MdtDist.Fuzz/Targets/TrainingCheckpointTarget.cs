@@ -65,6 +65,11 @@ public sealed class TrainingCheckpointTarget : FuzzTarget
     }
 
     /// <inheritdoc />
+    /// <remarks>A damaged file whose manifest was not updated must make the resume fall back (checked in
+    /// <see cref="Read"/>), not fail; only a re-hashed invalid file in the newest checkpoint must be rejected.</remarks>
+    protected override bool FormatOracleApplies(FuzzCase c, string file) => c.Flags.Contains("rehashed") && file.StartsWith(Newest, StringComparison.Ordinal);
+
+    /// <inheritdoc />
     public override double Weight(string file) => file.StartsWith(Newest, StringComparison.Ordinal) ? (file.EndsWith("manifest.json", StringComparison.Ordinal) ? 4 : 2) : 0.3;
 
     /// <inheritdoc />
