@@ -333,6 +333,21 @@ public static class CheckpointStore
         catch (NotSupportedException e) { throw new InvalidDataException($"checkpoint file '{path}' is not valid: {e.Message}", e); }
     }
 
+    /// <summary>Reads a binary file of a checkpoint (e.g. TorchSharp's optimizer state) with <paramref name="read"/>.</summary>
+    /// <exception cref="InvalidDataException">The file is missing, or <paramref name="read"/> failed on its contents (the message names the file).</exception>
+    internal static void ReadBinary(string path, Action<BinaryReader> read)
+    {
+        if (!File.Exists(path)) throw new InvalidDataException($"checkpoint file '{path}' is missing.");
+        using var fs = File.OpenRead(path);
+        using var br = new BinaryReader(fs);
+        try { read(br); }
+        catch (Exception e) when (e is EndOfStreamException or ArgumentException or InvalidOperationException or FormatException
+                                      or OverflowException or NotSupportedException or IndexOutOfRangeException or System.Runtime.InteropServices.ExternalException)
+        {
+            throw new InvalidDataException($"checkpoint file '{path}' is not valid: {e.Message}", e);
+        }
+    }
+
     internal static string Hash(string path)
     {
         using var fs = File.OpenRead(path);

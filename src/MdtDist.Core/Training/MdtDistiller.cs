@@ -463,9 +463,7 @@ public sealed class MdtDistiller : IDisposable
                 for (int i = 0; i < _masterParams.Count; i++) _ema[r][i].copy_(e.Get(_modelParams[i].Name));
             }
         }
-        using (var fs = File.OpenRead(Path.Combine(checkpoint, CheckpointFiles.Optimizer)))
-        using (var br = new BinaryReader(fs))
-            _optimizer.load_state_dict(br);
+        CheckpointStore.ReadBinary(Path.Combine(checkpoint, CheckpointFiles.Optimizer), br => _optimizer.load_state_dict(br));
         using (var state = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.State)))
         {
             _generator.set_state(state.Get("rng"));
