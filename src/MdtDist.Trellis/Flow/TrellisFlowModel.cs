@@ -38,7 +38,8 @@ public sealed class TrellisFlowModel : MdtDist.Core.Training.IFlowNetwork
     }
 
     /// <inheritdoc />
-    /// <exception cref="ArgumentException">A non-dense latent, a latent or condition of the wrong shape, a missing condition, or t not <c>[B]</c>.</exception>
+    /// <exception cref="ArgumentException">A non-dense latent, a latent or condition of the wrong shape, a missing condition, t not <c>[B]</c>,
+    /// t outside [0, 1], or NaN/±inf in t or the condition.</exception>
     public Tensor Velocity(Latent x, Tensor t, Tensor? condition)
     {
         ArgumentNullException.ThrowIfNull(x);
@@ -56,6 +57,9 @@ public sealed class TrellisFlowModel : MdtDist.Core.Training.IFlowNetwork
             throw new ArgumentException($"condition: {nameof(SparseStructureFlowModel)} needs condition tokens [B or 1, L, {cfg.CondChannels}], got null.", nameof(condition));
         if (condition.dim() != 3 || condition.shape[2] != cfg.CondChannels || (condition.shape[0] != b && condition.shape[0] != 1))
             throw new ArgumentException($"condition: expected shape [{b} or 1, L, {cfg.CondChannels}], found {Precision.Shape(condition.shape)}.", nameof(condition));
+
+        FlowInputChecks.UnitTime(t, nameof(t));
+        FlowInputChecks.Finite(condition, nameof(condition));
 
         using var scope = torch.NewDisposeScope();
         var dtype = Network.DType;

@@ -23,7 +23,7 @@ public sealed class SLatFlowAdapter : MdtDist.Core.Training.IFlowNetwork
 
     /// <inheritdoc />
     /// <exception cref="ArgumentException">The latent is not sparse, t is not <c>[B]</c>, or the condition is missing or
-    /// not <c>[B or 1, L, cond_channels]</c>.</exception>
+    /// not <c>[B or 1, L, cond_channels]</c>, t is outside [0, 1], or t, the condition or the features hold NaN/±inf.</exception>
     public Tensor Velocity(Latent x, Tensor t, Tensor? condition)
     {
         ArgumentNullException.ThrowIfNull(x);
@@ -40,6 +40,10 @@ public sealed class SLatFlowAdapter : MdtDist.Core.Training.IFlowNetwork
             throw new ArgumentException($"condition tokens have width {condition.shape[2]}, but the model's cond_channels is {width} (shape [{string.Join(", ", condition.shape)}]).", nameof(condition));
         if (t.dim() > 1 || (t.dim() == 1 && t.shape[0] != b && t.shape[0] != 1))
             throw new ArgumentException($"t must be [B={b}] (or a scalar), found [{string.Join(", ", t.shape)}].", nameof(t));
+
+        FlowInputChecks.UnitTime(t, nameof(t));
+        FlowInputChecks.Finite(condition, nameof(condition));
+        FlowInputChecks.Finite(x.Data, "x (sparse features)");
 
         using var scope = torch.NewDisposeScope();
         var tt = (t.dim() == 0 || t.shape[0] != b ? t.reshape(1).expand(b) : t).to(x.Data.device) * TrellisInfo.TimeScale;
