@@ -41,6 +41,8 @@ switch (args[0])
         var work = Arg(args, "work");
         Directory.CreateDirectory(work);
         _ = target.Seeds;
+        // Readers must refuse, before allocating, what would take more than the bound.
+        MdtDist.Core.IO.ReadLimits.MaxAllocationBytes = bound;
         var stdout = new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true };
         stdout.WriteLine("READY");
         for (int i = start; i < start + count; i++)
