@@ -151,7 +151,11 @@ public static class FuzzCampaign
     /// <summary>Path of the runner assembly (this assembly).</summary>
     public static string RunnerAssembly => typeof(FuzzCampaign).Assembly.Location;
 
-    private static (List<InputResult> Results, bool TimedOut, int Exit, string Stderr) RunChild(string target, CampaignOptions o, string work, int start, int count)
+    /// <summary>
+    /// Starts the runner (this assembly) with <paramref name="runnerArgs"/> as a child process under the options'
+    /// address-space and managed-heap caps, single-threaded, with stdout and stderr redirected.
+    /// </summary>
+    public static Process StartChild(IEnumerable<string> runnerArgs, CampaignOptions o)
     {
         var inv = CultureInfo.InvariantCulture;
         var psi = new ProcessStartInfo { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
@@ -160,33 +164,37 @@ public static class FuzzCampaign
         if (o.AddressSpaceBytes > 0 && File.Exists("/usr/bin/prlimit"))
         {
             psi.FileName = "/usr/bin/prlimit";
-            args.AddRange(new[] { "--as=" + o.AddressSpaceBytes.ToString(inv), "--" , dotnet });
+            args.AddRange(new[] { "--as=" + o.AddressSpaceBytes.ToString(inv), "--", dotnet });
         }
         else psi.FileName = dotnet;
         args.Add("exec");
         var dir = Path.GetDirectoryName(RunnerAssembly)!;
-        var ownConfig = Path.Combine(dir, "MdtDist.Fuzz.runtimeconfig.json");
-        if (!File.Exists(ownConfig) || !File.Exists(Path.Combine(dir, "MdtDist.Fuzz.deps.json")))
+        if (!File.Exists(Path.Combine(dir, "MdtDist.Fuzz.runtimeconfig.json")) || !File.Exists(Path.Combine(dir, "MdtDist.Fuzz.deps.json")))
         {
-            // Referenced from a test project: run with the host's dependency and runtime files.
+            // Referenced from a test project that did not copy them: run with the host's dependency and runtime files.
             var host = Directory.GetFiles(dir, "*.deps.json").FirstOrDefault(f => !f.EndsWith("MdtDist.Fuzz.deps.json", StringComparison.Ordinal));
             var rc = Directory.GetFiles(dir, "*.runtimeconfig.json").FirstOrDefault();
             if (host is not null) args.AddRange(new[] { "--depsfile", host });
             if (rc is not null) args.AddRange(new[] { "--runtimeconfig", rc });
         }
         args.Add(RunnerAssembly);
-        args.AddRange(new[] { "run", "--target", target, "--seed", o.Seed.ToString(inv), "--start", start.ToString(inv), "--count", count.ToString(inv),
-            "--work", Path.Combine(work, $"w{start}"), "--bound", o.BoundBytes.ToString(inv) });
+        args.AddRange(runnerArgs);
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["DOTNET_GCHeapHardLimit"] = "0x" + o.ManagedHeapBytes.ToString("X", inv);
         psi.Environment["DOTNET_gcServer"] = "0";
         psi.Environment["DOTNET_TieredPGO"] = "0";
         psi.Environment["OMP_NUM_THREADS"] = "1";
         psi.Environment["MKL_NUM_THREADS"] = "1";
+        return new Process { StartInfo = psi };
+    }
 
+    private static (List<InputResult> Results, bool TimedOut, int Exit, string Stderr) RunChild(string target, CampaignOptions o, string work, int start, int count)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        using var p = StartChild(new[] { "run", "--target", target, "--seed", o.Seed.ToString(inv), "--start", start.ToString(inv), "--count", count.ToString(inv),
+            "--work", Path.Combine(work, $"w{start}"), "--bound", o.BoundBytes.ToString(inv) }, o);
         var results = new List<InputResult>();
         var stderr = new StringBuilder();
-        using var p = new Process { StartInfo = psi };
         var lines = new BlockingCollection<string?>();
         p.OutputDataReceived += (_, e) => lines.Add(e.Data);
         p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) { if (stderr.Length < 20000) stderr.AppendLine(e.Data); } };

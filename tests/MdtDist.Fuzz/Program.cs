@@ -116,6 +116,22 @@ switch (args[0])
         return 0;
     }
 
+    case "train":
+    {
+        // The kill test's child: resume from --dir if possible, then train the tiny distiller to --steps with a
+        // checkpoint (and a prune) after every step, printing one line per step.
+        var dir = Arg(args, "dir");
+        int steps = IntArg(args, "steps", 10);
+        using var d = MdtDist.Fuzz.Targets.TrainingCheckpointTarget.CreateDistiller(keep: 2, checkpointDirectory: dir, checkpointEvery: 1);
+        d.TryResume(dir);
+        var stdout = new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true };
+        stdout.WriteLine($"RESUMED {d.Step}");
+        d.Train(new MdtDist.Core.Training.DelegateDataSource(MdtDist.Fuzz.Targets.TrainingCheckpointTarget.Batch), steps,
+            new SyncProgress(p => stdout.WriteLine($"STEP {p.Step}")));
+        stdout.WriteLine("DONE");
+        return 0;
+    }
+
     case "campaign":
     {
         var names = Arg(args, "targets", string.Join(",", FuzzTargets.All.Select(t => t.Name))).Split(',', StringSplitOptions.RemoveEmptyEntries);
@@ -138,4 +154,10 @@ switch (args[0])
     default:
         Console.Error.WriteLine($"unknown command '{args[0]}' (try --help)");
         return 2;
+}
+
+/// <summary>Reports synchronously (Progress&lt;T&gt; posts to the thread pool).</summary>
+sealed class SyncProgress(Action<MdtDist.Core.Training.DistillationProgress> report) : IProgress<MdtDist.Core.Training.DistillationProgress>
+{
+    public void Report(MdtDist.Core.Training.DistillationProgress value) => report(value);
 }

@@ -27,7 +27,7 @@ public sealed class TrainingCheckpointTarget : FuzzTarget
     public override string EntryPoint => "MdtDistiller.TryResume(folder)";
 
     /// <summary>A tiny distiller: analytic teacher, 2-16-2 MLP student, one EMA rate, clipping on.</summary>
-    internal static MdtDistiller CreateDistiller()
+    internal static MdtDistiller CreateDistiller(int keep = 5, string? checkpointDirectory = null, long checkpointEvery = 0)
     {
         var g = new Generator(5);
         var net = nn.Sequential(nn.Linear(3, 16), nn.SiLU(), nn.Linear(16, 2));
@@ -36,7 +36,18 @@ public sealed class TrainingCheckpointTarget : FuzzTarget
         var student = new FlowNetwork(net, (x, t, c) => net.forward(torch.cat(new[] { x.Data, t.to(x.Data.dtype).unsqueeze(1) }, 1)));
         var objective = MdtDistObjective.Create(new MdtDistSettings { DNorm = false, GuidanceVm = 0, GuidanceVd = 0 });
         return new MdtDistiller(GaussianMixtureFlow.Ring(), student, objective,
-            new MdtDistillerOptions { LearningRate = 1e-3, Seed = 3, EmaRates = new[] { 0.9 }, LogEvery = 0, KeepCheckpoints = 5 });
+            new MdtDistillerOptions
+            {
+                LearningRate = 1e-3, Seed = 3, EmaRates = new[] { 0.9 }, LogEvery = 0, KeepCheckpoints = keep,
+                CheckpointDirectory = checkpointDirectory, CheckpointEvery = checkpointEvery,
+            });
+    }
+
+    /// <summary>The deterministic data of the tiny distiller: batch <paramref name="step"/> of 8 two-dimensional points.</summary>
+    internal static DistillationBatch Batch(long step)
+    {
+        var gg = new Generator((ulong)(50 + step));
+        return new DistillationBatch(Latent.Dense(torch.randn(new long[] { 8, 2 }, generator: gg)));
     }
 
     /// <inheritdoc />
@@ -46,11 +57,7 @@ public sealed class TrainingCheckpointTarget : FuzzTarget
         try
         {
             using var d = CreateDistiller();
-            var data = new DelegateDataSource(step =>
-            {
-                var gg = new Generator((ulong)(50 + step));
-                return new DistillationBatch(Latent.Dense(torch.randn(new long[] { 8, 2 }, generator: gg)));
-            });
+            var data = new DelegateDataSource(Batch);
             d.Train(data, 1);
             d.SaveCheckpoint(Path.Combine(dir, "ckpt"));
             d.Train(data, 2);
