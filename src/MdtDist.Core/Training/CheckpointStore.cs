@@ -21,7 +21,8 @@ internal static class CheckpointFiles
 }
 
 /// <summary>The scalar trainer state of a checkpoint (trainer.json).</summary>
-internal sealed class CheckpointInfo
+/// <remarks>Checked once deserialised (<see cref="OnDeserialized"/>): a hostile file may hold nulls or impossible values.</remarks>
+internal sealed class CheckpointInfo : System.Text.Json.Serialization.IJsonOnDeserialized
 {
     public int FormatVersion { get; set; } = 1;
     public long Step { get; set; }
@@ -35,6 +36,19 @@ internal sealed class CheckpointInfo
     public int ClipBufferPosition { get; set; }
     public int ClipBufferLength { get; set; }
     public string[] ParameterNames { get; set; } = Array.Empty<string>();
+
+    /// <summary>Rejects nulls and impossible values (as a <see cref="JsonException"/>, which the reader wraps with the file name).</summary>
+    public void OnDeserialized()
+    {
+        if (ParameterNames is null || ParameterNames.Any(n => n is null)) throw new JsonException("\"ParameterNames\" is null or holds null.");
+        if (EmaRates is null) throw new JsonException("\"EmaRates\" is null.");
+        if (Precision is null) throw new JsonException("\"Precision\" is null.");
+        if (Step < 0 || SkippedSteps < 0 || SkippedSteps > Step) throw new JsonException($"\"Step\" {Step} / \"SkippedSteps\" {SkippedSteps} are impossible.");
+        if (!double.IsFinite(LogLossScale)) throw new JsonException($"\"LogLossScale\" is {LogLossScale}.");
+        if (ClipBufferPosition < 0 || ClipBufferLength < 0 || ClipBufferPosition > ClipBufferLength)
+            throw new JsonException($"\"ClipBufferPosition\" {ClipBufferPosition} / \"ClipBufferLength\" {ClipBufferLength} are impossible.");
+        if (ClipCurrentMaxNorm is { } m && !(m >= 0)) throw new JsonException($"\"ClipCurrentMaxNorm\" is {m}.");
+    }
 }
 
 internal sealed class ManifestEntry

@@ -128,8 +128,13 @@ public sealed class CheckpointStoreHostileTests : IDisposable
         Assert.Equal(new[] { saved[2] }, Directory.GetDirectories(_dir));
     }
 
-    [Fact]
-    public void MalformedTrainerStateWithAValidHashIsAClearError()
+    [Theory]
+    [InlineData("Step", "\"three\"", "could not be converted")]
+    [InlineData("ParameterNames", "null", "\"ParameterNames\" is null")]
+    [InlineData("EmaRates", "null", "\"EmaRates\" is null")]
+    [InlineData("ClipBufferPosition", "-1", "\"ClipBufferPosition\" -1")]
+    [InlineData("Step", "-5", "\"Step\" -5")]
+    public void MalformedTrainerStateWithAValidHashIsAClearError(string key, string value, string expected)
     {
         // A checkpoint whose manifest matches but whose trainer.json has a value of the wrong type (written by
         // something else): no fallback (the files are what the manifest says), an error naming the file.
@@ -137,7 +142,7 @@ public sealed class CheckpointStoreHostileTests : IDisposable
         foreach (var f in Directory.GetDirectories(_dir).Where(p => p != newest)) Directory.Delete(f, true);
         var tp = Path.Combine(newest, "trainer.json");
         var t = JsonNode.Parse(File.ReadAllText(tp))!.AsObject();
-        t["Step"] = "three";
+        t[key] = JsonNode.Parse(value);
         File.WriteAllText(tp, t.ToJsonString());
         var mp = Path.Combine(newest, "manifest.json");
         var m = JsonNode.Parse(File.ReadAllText(mp))!.AsObject();
@@ -151,5 +156,6 @@ public sealed class CheckpointStoreHostileTests : IDisposable
         using var d = Create();
         var ex = Assert.Throws<InvalidDataException>(() => d.TryResume(_dir));
         Assert.Contains(tp, ex.Message);
+        Assert.Contains(expected, ex.Message);
     }
 }
