@@ -71,6 +71,7 @@ public static class InputRunner
             var documented = target.DocumentedExceptions.Any(t => t.IsInstanceOfType(error)) ? " (documented type, but the message names no file)" : "";
             detail = $"{error.GetType().FullName}{documented}: {error.Message} @ {FirstFrame(error)}";
         }
+        if (detail.Length > 600) detail = detail[..600] + "…";
         if (outcome is not (Outcome.Accepted or Outcome.Rejected)) detail += " | input: " + mutations;
         return new InputResult(index, outcome, ms, peakMb, detail);
     }
