@@ -77,8 +77,12 @@ public sealed class CheckpointKillFuzzTests(ITestOutputHelper output) : IDisposa
         foreach (var f in refFiles)
             Assert.True(File.ReadAllBytes(Path.Combine(reference, final, f!)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(killed, final, f!))),
                 $"{f} differs from the uninterrupted run");
-        // What survives: the newest two checkpoints (KeepCheckpoints = 2), nothing hidden.
+        // What survives: complete checkpoints only (the newest two, or three when the last kill came between the
+        // final save and its prune), no hidden leftover of an interrupted write or prune.
         var left = Directory.GetDirectories(killed).Select(Path.GetFileName).Order().ToArray();
-        Assert.Equal(new[] { "step-" + (Steps - 1).ToString("D9", System.Globalization.CultureInfo.InvariantCulture), final }, left);
+        Assert.All(left, name => Assert.StartsWith("step-", name));
+        Assert.Contains(final, left);
+        Assert.InRange(left.Length, 2, 3);
+        Assert.Equal(left, MdtDist.Core.Training.CheckpointStore.List(killed).Select(Path.GetFileName).Order().ToArray());
     }
 }

@@ -206,11 +206,15 @@ public static class CheckpointStore
     /// file, a malformed manifest) are skipped with a warning on <paramref name="logger"/>, so a resume falls back to
     /// the previous valid checkpoint.
     /// </summary>
+    /// <remarks>It also finishes deletions that a kill interrupted (hidden <c>.del-step-*</c> folders, which
+    /// <see cref="Prune"/> renames a checkpoint to before deleting it), so a run that was killed while pruning after
+    /// its last checkpoint leaves nothing behind once resumed.</remarks>
     /// <exception cref="ArgumentException"><paramref name="directory"/> is null or empty.</exception>
     public static string? FindLatest(string directory, ILogger? logger)
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
         if (!Directory.Exists(directory)) return null;
+        foreach (var d in Directory.GetDirectories(directory, ".del-step-*")) TryDelete(d);
         foreach (var (path, _) in StepFolders(directory).OrderByDescending(x => x.Step))
         {
             var problem = Problem(path, checkHashes: true);

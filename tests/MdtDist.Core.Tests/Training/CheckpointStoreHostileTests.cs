@@ -118,6 +118,11 @@ public sealed class CheckpointStoreHostileTests : IDisposable
         File.WriteAllText(Path.Combine(hidden, "trainer.json"), "{}");
         Assert.Equal(2, CheckpointStore.List(_dir).Count);
 
+        // resuming finishes the interrupted deletion even when no further checkpoint (and prune) follows
+        Assert.Equal(saved[2], CheckpointStore.FindLatest(_dir, null));
+        Assert.False(Directory.Exists(hidden));
+        Directory.CreateDirectory(hidden);
+
         CheckpointStore.Prune(_dir, 5);
         Assert.False(Directory.Exists(saved[0]));
         Assert.False(Directory.Exists(hidden));
