@@ -79,6 +79,22 @@ internal sealed class LoadedTensors : IDisposable
     public string Path { get; }
     public Dictionary<string, Tensor> Tensors { get; }
 
+    /// <summary>Loads these tensors into <paramref name="module"/> (strict), after checking names and shapes.</summary>
+    /// <exception cref="InvalidDataException">A tensor is missing, unexpected or mis-shaped; the message names the file and the tensors.</exception>
+    public void LoadInto(nn.Module module)
+    {
+        var expected = module.state_dict();
+        var missing = expected.Keys.Where(k => !Tensors.ContainsKey(k)).ToList();
+        var unexpected = Tensors.Keys.Where(k => !expected.ContainsKey(k)).ToList();
+        var misshaped = expected.Where(kv => Tensors.TryGetValue(kv.Key, out var t) && (!t.shape.SequenceEqual(kv.Value.shape) || t.dtype != kv.Value.dtype))
+            .Select(kv => $"{kv.Key} (expected [{string.Join(", ", kv.Value.shape)}] {kv.Value.dtype}, found [{string.Join(", ", Tensors[kv.Key].shape)}] {Tensors[kv.Key].dtype})").ToList();
+        if (missing.Count + unexpected.Count + misshaped.Count > 0)
+            throw new InvalidDataException($"checkpoint file '{Path}' does not fit the network: "
+                + string.Join("; ", new[] { missing.Count > 0 ? "missing " + string.Join(", ", missing) : null, unexpected.Count > 0 ? "unexpected " + string.Join(", ", unexpected) : null,
+                    misshaped.Count > 0 ? "mis-shaped " + string.Join(", ", misshaped) : null }.Where(x => x is not null)) + ".");
+        module.load_state_dict(Tensors, strict: true);
+    }
+
     public Tensor Get(string name) =>
         Tensors.TryGetValue(name, out var t) ? t : throw new InvalidDataException($"checkpoint file '{Path}' has no tensor '{name}'.");
 
@@ -359,7 +375,7 @@ public static class CheckpointStore
         using var fs = File.OpenRead(path);
         using var br = new BinaryReader(fs);
         try { read(br); }
-        catch (Exception e) when (e is EndOfStreamException or ArgumentException or InvalidOperationException or FormatException
+        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or InvalidOperationException or FormatException
                                       or OverflowException or NotSupportedException or IndexOutOfRangeException or System.Runtime.InteropServices.ExternalException)
         {
             throw new InvalidDataException($"checkpoint file '{path}' is not valid: {e.Message}", e);

@@ -451,7 +451,7 @@ public sealed class MdtDistiller : IDisposable
         using (torch.no_grad())
         {
             using (var sd = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.Student)))
-                Student.Module.load_state_dict(sd.Tensors, strict: true);
+                sd.LoadInto(Student.Module);
             if (_ownsMasters)
             {
                 using var m = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.Master));
