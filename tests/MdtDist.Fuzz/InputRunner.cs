@@ -7,8 +7,18 @@ namespace MdtDist.Fuzz;
 public static class InputRunner
 {
     /// <summary>The input <paramref name="index"/> of a campaign with <paramref name="seed"/>: the same on every machine.</summary>
-    public static FuzzCase Generate(FuzzTarget target, int seed, int index) =>
-        target.Generate(new Random(HashCode.Combine(seed, index, target.Name.Length) ^ (index * 7919)));
+    public static FuzzCase Generate(FuzzTarget target, int seed, int index) => target.Generate(new Random(InputSeed(target.Name, seed, index)));
+
+    /// <summary>FNV-1a over the target name, the campaign seed and the index (HashCode is randomised per process, so it cannot serve).</summary>
+    public static int InputSeed(string target, int seed, int index)
+    {
+        ulong h = 14695981039346656037UL;
+        void Mix(byte b) { h ^= b; h *= 1099511628211UL; }
+        foreach (var ch in target) { Mix((byte)ch); Mix((byte)(ch >> 8)); }
+        foreach (var v in new[] { seed, index })
+            for (int k = 0; k < 4; k++) Mix((byte)(v >> (8 * k)));
+        return (int)(h ^ (h >> 32)) & int.MaxValue;
+    }
 
     /// <summary>Runs the reader on <paramref name="c"/> in folder <paramref name="folder"/> and classifies the result.</summary>
     /// <param name="boundBytes">The allocation bound: peak resident memory above the level before the input, and managed allocations.</param>
