@@ -317,6 +317,7 @@ public static class Mutator
         if (u < 0.3)
         {
             // An invalid UTF-8 byte inside a tensor name (the format requires valid UTF-8).
+            if (!IsValidUtf8(header)) return MutateBytes(b, rng); // already invalid: the text offsets below would not map to bytes
             var text = Encoding.UTF8.GetString(header);
             int q = text.Length < 2 ? -1 : text.IndexOf('"', 1 + rng.Next(text.Length - 1));
             if (q < 0) q = text.IndexOf('"');
@@ -336,7 +337,7 @@ public static class Mutator
                 {
                     // A duplicated tensor name with a consistent entry.
                     var k = ro.Where(kv => kv.Key != "__metadata__").Select(kv => kv.Key).FirstOrDefault();
-                    if (k is not null) { dup = (ro, k, ro[k]!.DeepClone()); mutated = ro; what = $"duplicate tensor name '{k}'"; }
+                    if (k is not null) { dup = (ro, k, ro[k]?.DeepClone()); mutated = ro; what = $"duplicate tensor name '{k}'"; }
                 }
                 newHeader = Serialize(mutated, dup);
             }
