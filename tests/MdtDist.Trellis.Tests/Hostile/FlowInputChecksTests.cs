@@ -20,7 +20,7 @@ public class FlowInputChecksTests
         return (T)TrellisCheckpoint.Build(new TrellisModelConfig(node["name"]!.GetValue<string>(), node["args"]!.AsObject()), ScalarType.Float64);
     }
 
-    private static TrellisFlowModel Stage1() => new(Build<SparseStructureFlowModel>(
+    private static SparseStructureFlowAdapter Stage1() => new(Build<SparseStructureFlowModel>(
         """{"name": "SparseStructureFlowModel", "args": {"resolution": 2, "in_channels": 2, "out_channels": 2, "model_channels": 8, "cond_channels": 4, "num_blocks": 1, "num_heads": 2, "mlp_ratio": 2, "patch_size": 1, "pe_mode": "ape", "qk_rms_norm": false}}"""));
 
     private static SLatFlowAdapter Stage2() => new(Build<SLatFlowModel>(
