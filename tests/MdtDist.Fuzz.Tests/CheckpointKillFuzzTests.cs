@@ -68,7 +68,8 @@ public sealed class CheckpointKillFuzzTests(ITestOutputHelper output) : IDisposa
         }
         output.WriteLine($"{kills} kills");
         Assert.True(finished, "training never finished");
-        Assert.True(kills >= 5, $"only {kills} kills landed before the run finished");
+        // At least one kill must land mid-run (how many fit depends on the machine's speed, which a test must not assume).
+        Assert.True(kills >= 1, $"no kill landed before the run finished");
 
         var final = "step-" + Steps.ToString("D9", System.Globalization.CultureInfo.InvariantCulture);
         var refFiles = Directory.GetFiles(Path.Combine(reference, final)).Select(Path.GetFileName).Order().ToArray();

@@ -55,7 +55,7 @@ public abstract class TrellisFlowAdapter<TNetwork> : IFlowNetwork where TNetwork
         var cond = ArgumentChecks.Condition(condition, b, CondChannels, Network.TrellisClassName);
         FlowInputChecks.UnitTime(t, nameof(t));
         FlowInputChecks.Finite(cond, nameof(condition));
-        FlowInputChecks.Finite(x.Data, nameof(x));
+        if (x.Layout is not DenseLayout) FlowInputChecks.Finite(x.Data, "x (sparse features)");
         using var scope = torch.NewDisposeScope();
         var dtype = Network.DType;
         var device = x.Data.device;

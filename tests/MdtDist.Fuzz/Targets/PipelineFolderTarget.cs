@@ -14,7 +14,7 @@ public sealed class PipelineFolderTarget : FuzzTarget
 
     /// <inheritdoc />
     public override IReadOnlyList<Type> DocumentedExceptions { get; } =
-        new[] { typeof(InvalidDataException), typeof(FileNotFoundException), typeof(StateDictMismatchException) };
+        new[] { typeof(InvalidDataException), typeof(FileNotFoundException), typeof(StateDictMismatchException), typeof(NotSupportedException) };
 
     /// <inheritdoc />
     protected override IReadOnlyList<IReadOnlyDictionary<string, byte[]>> CreateSeeds()
