@@ -20,7 +20,7 @@ public sealed class ClassifierFreeGuidance : IFlowModel
     /// <param name="negativeCondition">The unconditional condition; null means <c>zeros_like(condition)</c> as TRELLIS's image pipeline.</param>
     /// <param name="intervalStart">Lower end of the guidance interval in t ∈ [0, 1].</param>
     /// <param name="intervalEnd">Upper end of the guidance interval.</param>
-    /// <exception cref="ArgumentException">Negative or non-finite strength, or an interval outside [0, 1] or reversed.</exception>
+    /// <exception cref="ArgumentException">Negative or non-finite strength, an interval outside [0, 1] or reversed, or NaN/±inf in the negative condition.</exception>
     public ClassifierFreeGuidance(IFlowModel model, double strength, Tensor? negativeCondition = null, double intervalStart = 0.0, double intervalEnd = 1.0)
     {
         Model = model ?? throw new ArgumentNullException(nameof(model));
@@ -34,6 +34,7 @@ public sealed class ClassifierFreeGuidance : IFlowModel
         Strength = strength;
         IntervalStart = intervalStart;
         IntervalEnd = intervalEnd;
+        FlowInputChecks.Finite(negativeCondition, nameof(negativeCondition));
         _negative = negativeCondition;
     }
 

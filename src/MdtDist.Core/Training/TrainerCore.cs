@@ -608,7 +608,7 @@ internal sealed class TrainerCore : IDisposable
         using (torch.no_grad())
         {
             using (var sd = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.Student)))
-                Model.Module.load_state_dict(sd.Tensors, strict: true);
+                sd.LoadInto(Model.Module);
             if (_ownsMasters)
             {
                 using var m = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.Master));
@@ -620,9 +620,7 @@ internal sealed class TrainerCore : IDisposable
                 for (int i = 0; i < _masterParams.Count; i++) _ema[r][i].copy_(e.Get(_modelParams[i].Name));
             }
         }
-        using (var fs = File.OpenRead(Path.Combine(checkpoint, CheckpointFiles.Optimizer)))
-        using (var br = new BinaryReader(fs))
-            _optimizer.load_state_dict(br);
+        CheckpointStore.ReadBinary(Path.Combine(checkpoint, CheckpointFiles.Optimizer), br => _optimizer.load_state_dict(br));
         Tensor? table = null;
         using (var state = new LoadedTensors(Path.Combine(checkpoint, CheckpointFiles.State)))
         {
@@ -640,7 +638,7 @@ internal sealed class TrainerCore : IDisposable
     public bool TryResume(string? directory)
     {
         var dir = directory ?? Options.CheckpointDirectory ?? throw new ArgumentException("no checkpoint folder given or configured.", nameof(directory));
-        string? latest = Rank == 0 ? CheckpointStore.FindLatest(dir) : null;
+        string? latest = Rank == 0 ? CheckpointStore.FindLatest(dir, _logger) : null;
         if (_comm is { WorldSize: > 1 } comm)
         {
             var bytes = comm.Broadcast(comm.Rank == 0 ? System.Text.Encoding.UTF8.GetBytes(latest ?? "") : null);

@@ -23,6 +23,16 @@ public sealed record TrellisModelConfig(string Name, JsonObject Args)
 
     internal static TrellisModelConfig FromNode(JsonNode? root, string source)
     {
+        try { return FromNodeChecked(root, source); }
+        catch (ArgumentException e) when (e is not ArgumentNullException)
+        {
+            // System.Text.Json's JsonObject reports a repeated key this way when it first indexes the object.
+            throw new InvalidDataException($"{source}: {e.Message} (a JSON key may appear only once).", e);
+        }
+    }
+
+    private static TrellisModelConfig FromNodeChecked(JsonNode? root, string source)
+    {
         if (root is not JsonObject obj) throw new InvalidDataException($"{source} is not a JSON object.");
         if (obj["name"] is not JsonValue nameValue || nameValue.GetValueKind() != JsonValueKind.String || nameValue.GetValue<string>() is not { Length: > 0 } name)
             throw new InvalidDataException($"{source} has no string \"name\".");

@@ -53,6 +53,9 @@ public abstract class TrellisFlowAdapter<TNetwork> : IFlowNetwork where TNetwork
         long b = x.BatchSize;
         ArgumentChecks.PerSampleTime(t, b);
         var cond = ArgumentChecks.Condition(condition, b, CondChannels, Network.TrellisClassName);
+        FlowInputChecks.UnitTime(t, nameof(t));
+        FlowInputChecks.Finite(cond, nameof(condition));
+        if (x.Layout is not DenseLayout) FlowInputChecks.Finite(x.Data, "x (sparse features)");
         using var scope = torch.NewDisposeScope();
         var dtype = Network.DType;
         var device = x.Data.device;

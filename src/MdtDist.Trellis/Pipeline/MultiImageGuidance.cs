@@ -31,7 +31,7 @@ public sealed class MultiImageGuidance : IFlowModel
     private readonly Tensor? _negative;
 
     /// <summary>Creates the multi-view velocity of one stage.</summary>
-    /// <param name="model">The stage's unguided flow (e.g. a <c>TrellisFlowModel</c>).</param>
+    /// <param name="model">The stage's unguided flow (e.g. a <c>SparseStructureFlowAdapter</c>).</param>
     /// <param name="sampler">The stage's sampler settings (guidance strength and interval, time grid).</param>
     /// <param name="mode">Stochastic or MultiDiffusion.</param>
     /// <param name="negativeCondition">The negative tokens <c>[1, L, C]</c> (null: zeros, TRELLIS's image convention).</param>

@@ -128,7 +128,14 @@ public sealed class TrellisPipeline
         if (loadMeshDecoder && config.Models.ContainsKey("slat_decoder_mesh"))
             mesh = TrellisCheckpoint.Load<SLatMeshDecoder>(Model("slat_decoder_mesh"), dtype, device);
         log.LogInformation("Loaded TRELLIS pipeline from {Folder} ({DType}); stage 1: {S1}; stage 2: {S2}", folder, dtype, config.StructureSampler, config.LatentSampler);
-        return new TrellisPipeline(ssFlow, ssDec, slatFlow, gs, config.Normalization, config.StructureSampler, config.LatentSampler, logger, mesh);
+        try
+        {
+            return new TrellisPipeline(ssFlow, ssDec, slatFlow, gs, config.Normalization, config.StructureSampler, config.LatentSampler, logger, mesh);
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"'{pj}': the models it names do not fit together: {e.Message}", e);
+        }
     }
 
     internal static string ResolveModelPath(string folder, string rel)

@@ -56,14 +56,26 @@ public static class GaussianPly
     }
 
     /// <summary>Reads a binary little-endian 3DGS <c>.ply</c> file (float properties only; the 17 standard ones required).</summary>
-    /// <exception cref="InvalidDataException">The header is malformed or not a supported 3DGS layout, or the data is truncated.</exception>
+    /// <remarks>What a file can make this allocate is bounded by its size (the vertex count must match the data
+    /// exactly), and the size is checked against <see cref="MdtDist.Core.IO.ReadLimits.MaxAllocationBytes"/> first.</remarks>
+    /// <exception cref="ArgumentException"><paramref name="path"/> is null or empty.</exception>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="InvalidDataException">The header is malformed or not a supported 3DGS layout, the data is
+    /// truncated or followed by extra bytes, or the file is larger than the allocation bound; the message names the file.</exception>
+    /// <exception cref="IOException">The file cannot be read.</exception>
     public static GaussianPlyData Read(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
+        if (!File.Exists(path)) throw new FileNotFoundException($"Gaussian .ply file '{path}' does not exist.", path);
+        long length = new FileInfo(path).Length;
+        MdtDist.Core.IO.ReadLimits.Check(length, () => $"Gaussian .ply file '{path}' is {length} bytes");
+        if (length > Array.MaxLength) throw Bad(path, $"file is {length} bytes, more than one .NET array holds");
         return Parse(File.ReadAllBytes(path), path);
     }
 
     /// <summary>Parses the bytes of a binary little-endian 3DGS <c>.ply</c> file (see <see cref="Read"/>).</summary>
+    /// <exception cref="InvalidDataException">The header is malformed or not a supported 3DGS layout, or the data is
+    /// truncated or followed by extra bytes; the message starts with <paramref name="sourceName"/>.</exception>
     public static GaussianPlyData Parse(ReadOnlySpan<byte> bytes, string sourceName = "<bytes>")
     {
         // Header: ASCII lines up to and including "end_header\n".

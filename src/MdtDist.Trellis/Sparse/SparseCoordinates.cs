@@ -27,7 +27,10 @@ public sealed class SparseCoordinates
     /// <param name="resolution">When given, every spatial coordinate must lie in <c>[0, resolution)</c>.</param>
     /// <param name="batchSize">The number of samples; by default the largest sample index + 1. Samples may have no rows.</param>
     /// <exception cref="ArgumentException">The coordinates are malformed: wrong shape or dtype, rows not contiguous
-    /// per sample, negative or out-of-grid coordinates, or a voxel listed twice within a sample.</exception>
+    /// per sample, negative or out-of-grid coordinates, values that do not fit int32 (the stored type), a voxel
+    /// listed twice within a sample, or no rows and no <paramref name="batchSize"/>.</exception>
+    /// <exception cref="InvalidDataException">The batch size needs more bookkeeping memory than
+    /// <see cref="MdtDist.Core.IO.ReadLimits.MaxAllocationBytes"/>.</exception>
     public SparseCoordinates(Tensor coords, int? resolution = null, long? batchSize = null)
     {
         ArgumentNullException.ThrowIfNull(coords);
@@ -46,7 +49,7 @@ public sealed class SparseCoordinates
         using (var scope = torch.NewDisposeScope())
         {
             var c = coords.detach().to(ScalarType.Int64, torch.CPU).contiguous();
-            var data = c.data<long>().ToArray();
+            var data = n == 0 ? Array.Empty<long>() : c.data<long>().ToArray();
             long maxSample = -1;
             var maxXyz = new long[] { -1, -1, -1 };
             for (long i = 0; i < n; i++)
@@ -54,6 +57,8 @@ public sealed class SparseCoordinates
                 long s = data[i * 4];
                 if (s < 0)
                     throw new ArgumentException($"coords row {i} has a negative sample index {s}.", nameof(coords));
+                if (s >= int.MaxValue)
+                    throw new ArgumentException($"coords row {i} has sample index {s}, which does not fit the int32 coordinates (at most {int.MaxValue - 1}).", nameof(coords));
                 if (s < maxSample)
                     throw new ArgumentException(
                         $"coords rows must be contiguous per sample and ordered by sample index (TRELLIS requires batch-contiguous rows): row {i} belongs to sample {s} but follows a row of sample {maxSample}.",
@@ -62,6 +67,10 @@ public sealed class SparseCoordinates
                 for (int a = 0; a < 3; a++)
                 {
                     long v = data[i * 4 + 1 + a];
+                    if (v > int.MaxValue)
+                        throw new ArgumentException(
+                            $"coords row {i} (sample {s}) has {"xyz"[a]} = {v}, which does not fit the int32 coordinates TRELLIS stores (at most {int.MaxValue}).",
+                            nameof(coords));
                     if (v < 0 || (resolution is { } res && v >= res))
                         throw new ArgumentException(
                             $"coords row {i} (sample {s}) has {"xyz"[a]} = {v}, outside the grid [0, {(resolution is { } rr ? rr.ToString() : "inf")}).",
@@ -80,6 +89,8 @@ public sealed class SparseCoordinates
                 if (n == 0) throw new ArgumentException("coords has no rows: pass batchSize explicitly for an empty sparse tensor.", nameof(batchSize));
                 BatchSize = maxSample + 1;
             }
+            // counts and offsets: two longs per sample
+            MdtDist.Core.IO.ReadLimits.Check(MdtDist.Core.IO.ReadLimits.Product(BatchSize, 16), () => $"a sparse tensor with batch size {BatchSize}");
             MaxCoordinate = (int)Math.Max(Math.Max(maxXyz[0], maxXyz[1]), maxXyz[2]);
             Extent = new[] { maxXyz[0] + 1, maxXyz[1] + 1, maxXyz[2] + 1 };
 
@@ -90,17 +101,44 @@ public sealed class SparseCoordinates
             RowCounts = counts;
             RowOffsets = offsets;
 
-            // Duplicate voxels within a sample: sort the linear codes and look for equal neighbours.
+            // Duplicate voxels within a sample: sort and look for equal neighbours. The linear code
+            // ((s·X + x)·Y + y)·Z + z is used when it fits in 63 bits; otherwise (coordinates near the int32 limit)
+            // the rows are sorted lexicographically.
             if (n > 1)
             {
                 long ex = Extent[0], ey = Extent[1], ez = Extent[2];
-                var code = ((c[.., 0] * ex + c[.., 1]) * ey + c[.., 2]) * ez + c[.., 3];
-                var (sorted, order) = code.sort();
-                var same = sorted[1..].eq(sorted[..^1]);
-                if (same.any().item<bool>())
+                long span = MdtDist.Core.IO.ReadLimits.Product(BatchSize, ex, ey, ez);
+                (long, long)? pair = null;
+                if (span > 0)
                 {
-                    long k = same.nonzero()[0, 0].item<long>();
-                    long r1 = order[k].item<long>(), r2 = order[k + 1].item<long>();
+                    var code = ((c[.., 0] * ex + c[.., 1]) * ey + c[.., 2]) * ez + c[.., 3];
+                    var (sorted, order) = code.sort();
+                    var same = sorted[1..].eq(sorted[..^1]);
+                    if (same.any().item<bool>())
+                    {
+                        long k = same.nonzero()[0, 0].item<long>();
+                        pair = (order[k].item<long>(), order[k + 1].item<long>());
+                    }
+                }
+                else
+                {
+                    var rows = new long[n];
+                    for (long i = 0; i < n; i++) rows[i] = i;
+                    int Compare(long a, long b)
+                    {
+                        for (int j = 0; j < 4; j++)
+                        {
+                            int cmp = data[a * 4 + j].CompareTo(data[b * 4 + j]);
+                            if (cmp != 0) return cmp;
+                        }
+                        return 0;
+                    }
+                    Array.Sort(rows, Compare);
+                    for (long i = 0; i + 1 < n && pair is null; i++)
+                        if (Compare(rows[i], rows[i + 1]) == 0) pair = (rows[i], rows[i + 1]);
+                }
+                if (pair is var (r1, r2))
+                {
                     long lo = Math.Min(r1, r2), hi = Math.Max(r1, r2);
                     throw new ArgumentException(
                         $"coords has a duplicate voxel: rows {lo} and {hi} are both (sample {data[lo * 4]}, x {data[lo * 4 + 1]}, y {data[lo * 4 + 2]}, z {data[lo * 4 + 3]}); every active site must appear once per sample.",

@@ -20,7 +20,17 @@ public sealed class CheckpointStoreTests : IDisposable
         Directory.CreateDirectory(folder);
         var data = Enumerable.Range(0, 100).Select(i => (byte)(i * step)).ToArray();
         File.WriteAllBytes(Path.Combine(folder, "student.safetensors"), data);
-        object m = new { Step = step, Files = new[] { new { Name = "student.safetensors", Bytes = (long)data.Length, Sha256 = Convert.ToHexString(SHA256.HashData(data)) } } };
+        var trainer = System.Text.Encoding.UTF8.GetBytes("{\"Step\": " + step + "}");
+        File.WriteAllBytes(Path.Combine(folder, CheckpointFiles.Trainer), trainer);
+        object m = new
+        {
+            Step = step,
+            Files = new[]
+            {
+                new { Name = "student.safetensors", Bytes = (long)data.Length, Sha256 = Convert.ToHexString(SHA256.HashData(data)) },
+                new { Name = CheckpointFiles.Trainer, Bytes = (long)trainer.Length, Sha256 = Convert.ToHexString(SHA256.HashData(trainer)) },
+            },
+        };
         if (edit is not null) m = edit(m);
         if (manifest) File.WriteAllText(Path.Combine(folder, CheckpointFiles.Manifest), JsonSerializer.Serialize(m));
         damage?.Invoke(folder);

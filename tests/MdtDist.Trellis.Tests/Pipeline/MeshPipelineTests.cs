@@ -136,7 +136,7 @@ public class MeshPipelineTests
         try
         {
             var log = new StringWriter();
-            int rc = TrellisGenerateApp.Run(new[] { "--random-tiny", "--ss-steps", "1", "--slat-steps", "1", "--out", Path.Combine(dir, "t") }, log);
+            int rc = TrellisGenerateApp.Run(new[] { "--random-tiny", "--image", Path.Combine(AppContext.BaseDirectory, "TestData", "image_preprocess", "wide_input.png"), "--preview-size", "0", "--ss-steps", "1", "--slat-steps", "1", "--out", Path.Combine(dir, "t") }, log);
             _out.WriteLine(log.ToString());
             Assert.True(rc == 0, log.ToString());
             var glbs = Directory.GetFiles(dir, "*.glb");
