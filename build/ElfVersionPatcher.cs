@@ -4,7 +4,8 @@
 // GLIBCXX_3.4.32 (for std::ios_base_library_init, which has no relocation). Older distributions
 // (Debian 12: libstdc++ up to GLIBCXX_3.4.30) refuse to load it. Setting VER_FLG_WEAK on that one
 // Vernaux entry lets the dynamic loader accept the library. This file is compiled both into the MSBuild
-// inline task (MdtDist.TorchSharpGlibcxx.targets) and into the unit tests (with ELFPATCH_NO_MSBUILD).
+// inline task (MdtDist.TorchSharpGlibcxx.targets) and, as internal code, into MdtDist.Core (with ELFPATCH_NO_MSBUILD),
+// whose run-time fix (MdtDist.Core.TorchSharpRuntime) applies the same patch to a private copy.
 #nullable enable
 using System;
 using System.Collections.Generic;
@@ -15,7 +16,7 @@ using System.Text;
 namespace MdtDist.Build
 {
     /// <summary>Outcome of <see cref="ElfVersionPatcher.MarkVersionNeedWeak"/>.</summary>
-    public enum ElfPatchResult
+    internal enum ElfPatchResult
     {
         /// <summary>The requirement was strong and is now weak.</summary>
         Patched,
@@ -26,7 +27,7 @@ namespace MdtDist.Build
     }
 
     /// <summary>Reads and edits the GNU symbol-versioning sections of 64-bit little-endian ELF files.</summary>
-    public static class ElfVersionPatcher
+    internal static class ElfVersionPatcher
     {
         /// <summary>VER_FLG_WEAK from elf.h.</summary>
         public const ushort VerFlagWeak = 0x2;
