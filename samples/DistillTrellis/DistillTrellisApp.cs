@@ -229,12 +229,8 @@ public static class DistillTrellisApp
         {
             var pj = Path.Combine(teacherFolder, "pipeline.json");
             if (!File.Exists(pj)) throw new FileNotFoundException($"'{teacherFolder}' has no pipeline.json and the config names no finetune_ckpt.{key}.", pj);
-            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(pj));
-            var root = doc.RootElement.TryGetProperty("args", out var a) ? a : doc.RootElement;
-            var name = stage1 ? "sparse_structure_flow_model" : "slat_flow_model";
-            if (!root.TryGetProperty("models", out var models) || !models.TryGetProperty(name, out var rel) || rel.GetString() is not { Length: > 0 } r)
-                throw new InvalidDataException($"'{pj}': models.{name} is missing.");
-            tried.Add(Path.Combine(teacherFolder, r));
+            var models = TrellisPipelineConfig.Read(pj).Models;   // validated: required models present, paths inside the folder
+            tried.Add(Path.Combine(teacherFolder, models[stage1 ? "sparse_structure_flow_model" : "slat_flow_model"]));
         }
         foreach (var t in tried)
             if (File.Exists(t + ".json")) return t;
