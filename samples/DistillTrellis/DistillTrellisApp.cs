@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Text.Json.Nodes;
 using MdtDist.Core.Distillation;
 using MdtDist.Core.Training;
 using MdtDist.Trellis.Checkpoints;
@@ -161,6 +162,19 @@ public static class DistillTrellisApp
         TrellisCheckpoint.LoadWeights(studentNet, studentStem + ".safetensors");
         IFlowNetwork teacherFlow = Adapt(teacherNet, "teacher"), studentFlow = Adapt(studentNet, "denoiser");
         MdtDistiller.Freeze(teacherFlow);
+        // TRELLIS's elastic memory (trainer.args.elastic): the controller steers the student's checkpointed blocks and
+        // measures each micro-batch; its fit is kept beside the trainer state (it changes memory use, never results).
+        var elastic = cfg.Elastic is null ? null : new LinearMemoryController(cfg.Elastic, seed: (int)(o.Seed & int.MaxValue));
+        var elasticState = Path.Combine(stateDir, "elastic_controller.json");
+        if (elastic is not null)
+        {
+            if (studentNet is not IElasticModule elasticStudent)
+                throw new InvalidDataException($"{o.Config}: trainer.args.elastic needs an elastic denoiser, {cfg.Denoiser.Name} is not one.");
+            if (File.Exists(elasticState))
+                elastic.LoadStateDict(JsonNode.Parse(File.ReadAllText(elasticState)) as JsonObject ?? throw new InvalidDataException($"'{elasticState}' is not a JSON object."));
+            elasticStudent.RegisterMemoryController(elastic);
+            log.LogInformation("Elastic memory: {Controller}", elastic);
+        }
 
         Dinov2Model? dino = null;
         if (cfg.Dataset.Condition == TrellisConditionKind.Image)
@@ -175,6 +189,7 @@ public static class DistillTrellisApp
                 CheckpointEvery = cfg.Trainer.CheckpointEvery > 0 ? cfg.Trainer.CheckpointEvery : 1000,
                 Seed = o.Seed,
                 BatchSplitter = TrellisDistillationData.Split,
+                MicroBatchScope = elastic is null ? null : elastic.Record,
             };
             using var distiller = new MdtDistiller(teacherFlow, studentFlow, MdtDistObjective.Create(cfg.Objective), options, log);
             bool resumed = distiller.TryResume();
@@ -187,6 +202,15 @@ public static class DistillTrellisApp
                 long next = Math.Min(maxSteps, NextMultiple(distiller.Step, options.CheckpointEvery, cfg.SampleEvery));
                 var last = distiller.Train(source, next, progress, cancellationToken);
                 lastLoss = last?.Loss ?? lastLoss;
+                if (elastic?.LastLog is { } el)
+                {
+                    log.LogInformation("Elastic memory at step {Step}: ratio {Ratio:F3} for {Voxels} voxels, peak {Memory:F3} GiB, fit k={K:G4} b={B:G4}",
+                        distiller.Step, el.MemRatio, el.InputSize, el.MemoryGiB, el.K, el.B);
+                    // temp file + rename: a kill never leaves a half-written state
+                    Directory.CreateDirectory(stateDir);
+                    File.WriteAllText(elasticState + ".tmp", elastic.StateDict().ToJsonString());
+                    File.Move(elasticState + ".tmp", elasticState, overwrite: true);
+                }
                 if (distiller.Step % options.CheckpointEvery == 0 || distiller.Step == maxSteps)
                     SaveTrellisLayout(distiller, studentNet, ckptDir, options.EmaRates);
                 if (pipeline is not null && distiller.Step % cfg.SampleEvery == 0)

@@ -136,36 +136,38 @@ public sealed record LinearMemoryControllerOptions
     /// <summary>
     /// Reads the <c>elastic</c> object of a TRELLIS trainer config: <c>{"name": "LinearMemoryController", "args": {...}}</c>.
     /// </summary>
+    /// <param name="elastic">The object.</param>
+    /// <param name="key">What the object is called in messages (e.g. <c>trainer.args.elastic</c>).</param>
     /// <exception cref="InvalidDataException">Another controller, an unknown key (<c>device</c> too: the meter is chosen by
     /// the caller) or a value out of range; every problem in one message, naming the keys.</exception>
-    public static LinearMemoryControllerOptions FromConfig(JsonNode? elastic)
+    public static LinearMemoryControllerOptions FromConfig(JsonNode? elastic, string key = "elastic")
     {
         var errors = new List<string>();
         var o = new LinearMemoryControllerOptions();
         if (elastic is not JsonObject obj)
-            throw new InvalidDataException($"elastic must be {{\"name\": \"{ClassName}\", \"args\": {{...}}}}, found {elastic?.ToJsonString() ?? "null"}.");
-        foreach (var (key, _) in obj)
-            if (key is not ("name" or "args")) errors.Add($"elastic.{key} is not a key of a memory controller config (name, args)");
+            throw new InvalidDataException($"{key} must be {{\"name\": \"{ClassName}\", \"args\": {{...}}}}, found {elastic?.ToJsonString() ?? "null"}.");
+        foreach (var (k, _) in obj)
+            if (k is not ("name" or "args")) errors.Add($"{key}.{k} is not a key of a memory controller config (name, args)");
         if (obj["name"] is not JsonValue n || n.GetValueKind() != JsonValueKind.String || n.GetValue<string>() != ClassName)
-            errors.Add($"elastic.name must be \"{ClassName}\" (the only memory controller TRELLIS has), found {obj["name"]?.ToJsonString() ?? "null"}");
+            errors.Add($"{key}.name must be \"{ClassName}\" (the only memory controller TRELLIS has), found {obj["name"]?.ToJsonString() ?? "null"}");
         if (obj["args"] is JsonObject args)
         {
-            foreach (var (key, v) in args)
+            foreach (var (arg, v) in args)
             {
                 double Num(double lo, double hi)
                 {
                     if (v is JsonValue jv && jv.GetValueKind() == JsonValueKind.Number && jv.GetValue<double>() is var d && d >= lo && d <= hi) return d;
-                    errors.Add($"elastic.args.{key} must be a number in [{lo.ToString(CultureInfo.InvariantCulture)}, {hi.ToString(CultureInfo.InvariantCulture)}], found {v?.ToJsonString() ?? "null"}");
+                    errors.Add($"{key}.args.{arg} must be a number in [{lo.ToString(CultureInfo.InvariantCulture)}, {hi.ToString(CultureInfo.InvariantCulture)}], found {v?.ToJsonString() ?? "null"}");
                     return double.NaN;
                 }
                 int Int(int lo, int hi)
                 {
                     double d = Num(lo, hi);
                     if (double.IsNaN(d)) return lo;
-                    if (d != Math.Floor(d)) { errors.Add($"elastic.args.{key} must be an integer, found {v!.ToJsonString()}"); return lo; }
+                    if (d != Math.Floor(d)) { errors.Add($"{key}.args.{arg} must be an integer, found {v!.ToJsonString()}"); return lo; }
                     return (int)d;
                 }
-                switch (key)
+                switch (arg)
                 {
                     case "buffer_size": o = o with { BufferSize = Int(1, 10_000_000) }; break;
                     case "update_every": o = o with { UpdateEvery = Int(1, int.MaxValue) }; break;
@@ -178,18 +180,18 @@ public sealed record LinearMemoryControllerOptions
                         if (v is null) break;
                         if (v is JsonArray { Count: 2 } pa && pa.All(x => x is JsonValue xv && xv.GetValueKind() == JsonValueKind.Number))
                             o = o with { Params = (pa[0]!.GetValue<double>(), pa[1]!.GetValue<double>()) };
-                        else errors.Add($"elastic.args.params must be [k, b], found {v.ToJsonString()}");
+                        else errors.Add($"{key}.args.params must be [k, b], found {v.ToJsonString()}");
                         break;
                     case "device":
-                        errors.Add("elastic.args.device is not supported: the memory meter is chosen by the program (process memory on the CPU)");
+                        errors.Add($"{key}.args.device is not supported: the memory meter is chosen by the program (process memory on the CPU)");
                         break;
                     default:
-                        errors.Add($"elastic.args.{key} is not an argument of {ClassName} (buffer_size, update_every, target_ratio, available_memory, max_mem_ratio_start, params)");
+                        errors.Add($"{key}.args.{arg} is not an argument of {ClassName} (buffer_size, update_every, target_ratio, available_memory, max_mem_ratio_start, params)");
                         break;
                 }
             }
         }
-        else if (obj["args"] is not null) errors.Add($"elastic.args must be an object, found {obj["args"]!.ToJsonString()}");
+        else if (obj["args"] is not null) errors.Add($"{key}.args must be an object, found {obj["args"]!.ToJsonString()}");
         if (errors.Count > 0) throw new InvalidDataException(string.Join("; ", errors) + ".");
         return o;
     }
