@@ -254,7 +254,8 @@ public sealed class TrellisTrainingConfig
                         ignored.Add($"trainer.args.{key} (no effect here: progress is reported through IProgress, data is read synchronously)");
                         break;
                     case "elastic":
-                        try { elastic = LinearMemoryControllerOptions.FromConfig(v, "trainer.args.elastic"); }
+                        // null (TRELLIS's default) means no controller
+                        try { elastic = v is null ? null : LinearMemoryControllerOptions.FromConfig(v, "trainer.args.elastic"); }
                         catch (InvalidDataException e) { errors.Add(e.Message.TrimEnd('.')); }
                         break;
                     case "p_uncond":
