@@ -135,6 +135,23 @@ public class ElasticCheckpointTests
     }
 
     [Fact]
+    public void EncoderGradientsAreBitIdenticalWithCheckpointedBlocks()
+    {
+        using var scope = torch.NewDisposeScope();
+        var args = JsonNode.Parse("""{"resolution": 16, "in_channels": 12, "model_channels": 32, "latent_channels": 8, "num_blocks": 2, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4}""")!.AsObject();
+        var model = RandomTinyTrellis.Randomize(
+            TrellisCheckpoint.Build<ElasticSLatEncoder>(new TrellisModelConfig("ElasticSLatEncoder", args), ScalarType.Float64), 45);
+        var x = Input(16, new[] { 50, 65 }, 12, 46);
+        Tensor F(SparseTensor h) => torch.cat(new[] { model.Encode(h).Mean, model.Encode(h).LogVar }, 1);
+
+        var plain = Gradients(model, x, F, null);
+        // N = 2: ratio 0.6 → min(ceil(0.8) + 1, 2) = 2 blocks, ratio used 1 − 1/2 (two forwards of the same input).
+        var c = new FixedRatioController(0.6);
+        AssertIdentical(plain, Gradients(model, x, F, c), "encoder");
+        Assert.Equal(new[] { (x.Feats.shape[0], 0.5), (x.Feats.shape[0], 0.5) }, c.Reports);
+    }
+
+    [Fact]
     public void UseCheckpointInTheConfigChecksEveryBlockWithTheSameGradients()
     {
         using var scope = torch.NewDisposeScope();
