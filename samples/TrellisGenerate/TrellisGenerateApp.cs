@@ -333,7 +333,7 @@ public static class TrellisGenerateApp
                     Resolution = o.PreviewSize, TurntableResolution = o.PreviewSize, TurntableFrames = o.TurntableFrames,
                 });
                 files.AddRange(previews);
-                row.AddRange(previews);
+                row.Add($"+{previews.Count} preview(s)");
                 log.WriteLine($"sample {s.Index}: preview -> {string.Join(", ", previews)}");
             }
             table.AddRow(s.Index.ToString(CultureInfo.InvariantCulture), Markup.Escape(describe(s.Index)), s.Coords.shape[0].ToString(CultureInfo.InvariantCulture),
