@@ -47,6 +47,12 @@ public sealed record DistillTrellisOptions
 
     /// <summary>Seed of the data order, the views and the trainer's draws.</summary>
     public long Seed { get; init; }
+
+    /// <summary>
+    /// Testing aid (the hidden option <c>--simulate-kill-after-step</c>): once the run has reached this step and written
+    /// what that step writes, the process sends SIGKILL to itself (no cleanup, as <c>kill -9</c>).
+    /// </summary>
+    public long? SimulateKillAfterStep { get; init; }
 }
 
 /// <summary>What a run ended with.</summary>
@@ -75,9 +81,10 @@ public static class DistillTrellisApp
         var tiny = new Option<bool>("--random-tiny-dinov2") { Description = "random DINOv2 as wide as the condition (no download; smoke tests only)" };
         var cache = new Option<string?>("--feature-cache") { Description = "folder for cached condition features (default RUN_DIR/features)" };
         var seed = new Option<long>("--seed") { Description = "seed of data order, views and draws", DefaultValueFactory = _ => 0 };
+        var kill = new Option<long?>("--simulate-kill-after-step") { Description = "testing: SIGKILL itself after this step's checkpoint", Hidden = true };
         var root = new RootCommand("Distil a TRELLIS flow with MDT-dist from a TRELLIS dataset and an MDT-dist config.")
         {
-            config, data, teacher, output, steps, dinov2, tiny, cache, seed,
+            config, data, teacher, output, steps, dinov2, tiny, cache, seed, kill,
         };
         root.SetAction(pr =>
         {
@@ -86,6 +93,7 @@ public static class DistillTrellisApp
                 Config = pr.GetValue(config)!, Data = pr.GetValue(data)!.SelectMany(d => d.Split(',', StringSplitOptions.RemoveEmptyEntries)).ToArray(),
                 Teacher = pr.GetValue(teacher)!, Out = pr.GetValue(output)!, Steps = pr.GetValue(steps), Dinov2 = pr.GetValue(dinov2),
                 RandomTinyDinov2 = pr.GetValue(tiny), FeatureCache = pr.GetValue(cache), Seed = pr.GetValue(seed),
+                SimulateKillAfterStep = pr.GetValue(kill),
             };
             using var cts = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) =>
@@ -215,6 +223,11 @@ public static class DistillTrellisApp
                     SaveTrellisLayout(distiller, studentNet, ckptDir, options.EmaRates);
                 if (pipeline is not null && distiller.Step % cfg.SampleEvery == 0)
                     Snapshot(distiller, cfg.Denoiser, pipeline, source, stage1, Path.Combine(o.Out, "samples"), log);
+                if (o.SimulateKillAfterStep is { } killAt && distiller.Step >= killAt)
+                {
+                    System.Diagnostics.Process.GetCurrentProcess().Kill();
+                    Thread.Sleep(Timeout.Infinite);
+                }
             }
             var export = Path.Combine(o.Out, "export", "ckpts", stage1 ? "ss_flow_mdt" : "slat_flow_mdt");
             distiller.CopyEmaTo(studentNet);
