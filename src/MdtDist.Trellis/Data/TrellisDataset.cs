@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using MdtDist.Core.IO;
+using MdtDist.Trellis.Pipeline;
 using Microsoft.VisualBasic.FileIO;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -52,11 +53,8 @@ public sealed record TrellisDatasetOptions
     /// <summary><c>max_num_voxels</c> (structured latents only; TRELLIS's default 32768).</summary>
     public long MaxNumVoxels { get; init; } = 32768;
 
-    /// <summary><c>normalization.mean</c> (per channel), or null for none.</summary>
-    public IReadOnlyList<double>? NormalizationMean { get; init; }
-
-    /// <summary><c>normalization.std</c> (per channel), or null for none.</summary>
-    public IReadOnlyList<double>? NormalizationStd { get; init; }
+    /// <summary><c>normalization</c> (per-channel mean and std applied to every latent served), or null for none.</summary>
+    public SLatNormalization? Normalization { get; init; }
 
     /// <summary><c>image_size</c> of the condition images (518).</summary>
     public int ImageSize { get; init; } = 518;
@@ -119,7 +117,7 @@ public sealed record TrellisDatasetOptions
                     {
                         if (std.Any(x => !(x > 0) || !double.IsFinite(x)) || mean.Any(x => !double.IsFinite(x)))
                             errors.Add("dataset.args.normalization.std must be positive and finite, mean finite");
-                        else o = o with { NormalizationMean = mean, NormalizationStd = std };
+                        else o = o with { Normalization = new SLatNormalization(mean, std) };
                     }
                     else errors.Add($"dataset.args.normalization must be {{\"mean\": [..], \"std\": [..]}} of equal length, found {value.ToJsonString()}");
                     break;
@@ -312,11 +310,11 @@ public sealed class TrellisDataset
             throw new InvalidDataException($"'{path}': 'mean' must be a floating [C, R, R, R] array, found {mean.dtype} [{string.Join(", ", mean.shape)}].");
         using var scope = torch.NewDisposeScope();
         var z = mean.to(ScalarType.Float32);
-        if (Options.NormalizationMean is { } m)
+        if (Options.Normalization is { } n)
         {
-            if (m.Count != z.shape[0])
-                throw new InvalidDataException($"'{path}': 'mean' has {z.shape[0]} channels, the normalisation {m.Count}.");
-            z = (z - torch.tensor(m.ToArray(), ScalarType.Float32).reshape(-1, 1, 1, 1)) / torch.tensor(Options.NormalizationStd!.ToArray(), ScalarType.Float32).reshape(-1, 1, 1, 1);
+            if (n.Mean.Count != z.shape[0])
+                throw new InvalidDataException($"'{path}': 'mean' has {z.shape[0]} channels, the normalisation {n.Mean.Count}.");
+            z = n.Normalize(z, channelDim: 0);
         }
         return z.MoveToOuterDisposeScope();
     }
@@ -341,11 +339,11 @@ public sealed class TrellisDataset
         if (c.numel() > 0 && (c.min().item<int>() < 0 || c.max().item<int>() > 63))
             throw new InvalidDataException($"'{path}': 'coords' must lie in [0, 64) (TRELLIS's 64³ grid), found [{c.min().item<int>()}, {c.max().item<int>()}].");
         var f = feats.to(ScalarType.Float32);
-        if (Options.NormalizationMean is { } m)
+        if (Options.Normalization is { } n)
         {
-            if (m.Count != f.shape[1])
-                throw new InvalidDataException($"'{path}': 'feats' has {f.shape[1]} channels, the normalisation {m.Count}.");
-            f = (f - torch.tensor(m.ToArray(), ScalarType.Float32).reshape(1, -1)) / torch.tensor(Options.NormalizationStd!.ToArray(), ScalarType.Float32).reshape(1, -1);
+            if (n.Mean.Count != f.shape[1])
+                throw new InvalidDataException($"'{path}': 'feats' has {f.shape[1]} channels, the normalisation {n.Mean.Count}.");
+            f = n.Normalize(f, channelDim: 1);
         }
         return (c.MoveToOuterDisposeScope(), f.MoveToOuterDisposeScope());
     }

@@ -67,7 +67,7 @@ public class TrellisTrainingConfigTests
     {
         var c = TrellisTrainingConfig.FromJson(StageTwo(), "'slat.json'");
         Assert.Equal(TrellisLatentKind.StructuredLatent, c.Dataset.Kind);
-        Assert.Equal(new[] { 0.0, 0, 0, 0, 0, 0, 0, 0 }, c.Dataset.NormalizationMean);
+        Assert.Equal(new[] { 0.0, 0, 0, 0, 0, 0, 0, 0 }, c.Dataset.Normalization!.Mean);
         Assert.Equal(4, c.Trainer.BatchSplit);
         Assert.Equal(new[] { 0.9999, 0.999 }, c.Trainer.EmaRates);
         Assert.Equal(1.0, c.Trainer.Clipping!.MaxNorm);
