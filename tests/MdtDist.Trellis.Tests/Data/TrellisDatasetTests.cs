@@ -198,9 +198,9 @@ public class TrellisDatasetTests
         Assert.Equal(new[] { "dataset.args.pretrained_ss_dec" }, ignored);
         var e = Assert.Throws<InvalidDataException>(() => TrellisDatasetOptions.FromConfig("ImageConditionedSLat",
             new JsonObject { ["latent_model"] = 3, ["max_num_voxels"] = -1, ["shuffle"] = true }, "'config.json'", out _));
-        Assert.Contains("latent_model must be a string", e.Message);
-        Assert.Contains("max_num_voxels", e.Message);
-        Assert.Contains("dataset.args.shuffle", e.Message);
+        Assert.Contains("'dataset.args.latent_model' = 3 is not a string", e.Message);
+        Assert.Contains("'dataset.args.max_num_voxels' = -1 is not >= 1", e.Message);
+        Assert.Contains("unknown argument(s) 'dataset.args.shuffle'", e.Message);
         Assert.Contains("'config.json'", e.Message);
         Assert.Contains("not supported", Assert.Throws<InvalidDataException>(() => TrellisDatasetOptions.FromConfig("Foo", null, "c", out _)).Message);
     }
