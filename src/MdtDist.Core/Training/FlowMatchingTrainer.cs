@@ -91,7 +91,7 @@ public sealed class FlowMatchingTrainer : FlowTrainer
     /// repeated to the batch first. Returns the condition itself when nothing is dropped.
     /// </summary>
     /// <exception cref="ArgumentException">A shape does not fit the batch.</exception>
-    public static Tensor DropCondition(Tensor condition, Tensor? negativeCondition, Tensor drop)
+    internal static Tensor DropCondition(Tensor condition, Tensor? negativeCondition, Tensor drop)
     {
         ArgumentNullException.ThrowIfNull(condition);
         ArgumentNullException.ThrowIfNull(drop);
