@@ -159,7 +159,7 @@ public sealed class TrellisTrainingConfig
                 a.Reject(key, why);
             }
             maxSteps = a.Int("max_steps");
-            if (a.Has("max_steps") && maxSteps < 1) a.Reject("max_steps", $"must be >= 1, got {maxSteps}");
+            if (a.Has("max_steps") && (maxSteps < 1 || maxSteps > long.MaxValue / 2)) a.Reject("max_steps", $"must be in [1, {long.MaxValue / 2}], got {maxSteps}");
             if (a.Has("batch_size_per_gpu")) perRank = (int)a.Int("batch_size_per_gpu", 1, 1, 1 << 20);
             if (a.Has("batch_size")) global = (int)a.Int("batch_size", 1, 1, 1 << 24);
             options = options with { BatchSplit = (int)a.Int("batch_split", options.BatchSplit, 1, 1 << 20) };
