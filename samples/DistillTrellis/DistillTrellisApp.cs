@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Text.Json.Nodes;
 using MdtDist.Core.Distillation;
 using MdtDist.Core.Training;
 using MdtDist.Trellis.Checkpoints;
@@ -46,6 +47,12 @@ public sealed record DistillTrellisOptions
 
     /// <summary>Seed of the data order, the views and the trainer's draws.</summary>
     public long Seed { get; init; }
+
+    /// <summary>
+    /// Testing aid (the hidden option <c>--simulate-kill-after-step</c>): once the run has reached this step and written
+    /// what that step writes, the process sends SIGKILL to itself (no cleanup, as <c>kill -9</c>).
+    /// </summary>
+    public long? SimulateKillAfterStep { get; init; }
 }
 
 /// <summary>What a run ended with.</summary>
@@ -74,9 +81,10 @@ public static class DistillTrellisApp
         var tiny = new Option<bool>("--random-tiny-dinov2") { Description = "random DINOv2 as wide as the condition (no download; smoke tests only)" };
         var cache = new Option<string?>("--feature-cache") { Description = "folder for cached condition features (default RUN_DIR/features)" };
         var seed = new Option<long>("--seed") { Description = "seed of data order, views and draws", DefaultValueFactory = _ => 0 };
+        var kill = new Option<long?>("--simulate-kill-after-step") { Description = "testing: SIGKILL itself after this step's checkpoint", Hidden = true };
         var root = new RootCommand("Distil a TRELLIS flow with MDT-dist from a TRELLIS dataset and an MDT-dist config.")
         {
-            config, data, teacher, output, steps, dinov2, tiny, cache, seed,
+            config, data, teacher, output, steps, dinov2, tiny, cache, seed, kill,
         };
         root.SetAction(pr =>
         {
@@ -85,6 +93,7 @@ public static class DistillTrellisApp
                 Config = pr.GetValue(config)!, Data = pr.GetValue(data)!.SelectMany(d => d.Split(',', StringSplitOptions.RemoveEmptyEntries)).ToArray(),
                 Teacher = pr.GetValue(teacher)!, Out = pr.GetValue(output)!, Steps = pr.GetValue(steps), Dinov2 = pr.GetValue(dinov2),
                 RandomTinyDinov2 = pr.GetValue(tiny), FeatureCache = pr.GetValue(cache), Seed = pr.GetValue(seed),
+                SimulateKillAfterStep = pr.GetValue(kill),
             };
             using var cts = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) =>
@@ -161,6 +170,19 @@ public static class DistillTrellisApp
         TrellisCheckpoint.LoadWeights(studentNet, studentStem + ".safetensors");
         IFlowNetwork teacherFlow = Adapt(teacherNet, "teacher"), studentFlow = Adapt(studentNet, "denoiser");
         MdtDistiller.Freeze(teacherFlow);
+        // TRELLIS's elastic memory (trainer.args.elastic): the controller steers the student's checkpointed blocks and
+        // measures each micro-batch; its fit is kept beside the trainer state (it changes memory use, never results).
+        var elastic = cfg.Elastic is null ? null : new LinearMemoryController(cfg.Elastic, seed: (int)(o.Seed & int.MaxValue));
+        var elasticState = Path.Combine(stateDir, "elastic_controller.json");
+        if (elastic is not null)
+        {
+            if (studentNet is not IElasticModule elasticStudent)
+                throw new InvalidDataException($"{o.Config}: trainer.args.elastic needs an elastic denoiser, {cfg.Denoiser.Name} is not one.");
+            if (File.Exists(elasticState))
+                elastic.LoadStateDict(JsonNode.Parse(File.ReadAllText(elasticState)) as JsonObject ?? throw new InvalidDataException($"'{elasticState}' is not a JSON object."));
+            elasticStudent.RegisterMemoryController(elastic);
+            log.LogInformation("Elastic memory: {Controller}", elastic);
+        }
 
         Dinov2Model? dino = null;
         if (cfg.Dataset.Condition == TrellisConditionKind.Image)
@@ -175,6 +197,7 @@ public static class DistillTrellisApp
                 CheckpointEvery = cfg.Trainer.CheckpointEvery > 0 ? cfg.Trainer.CheckpointEvery : 1000,
                 Seed = o.Seed,
                 BatchSplitter = TrellisDistillationData.Split,
+                MicroBatchScope = elastic is null ? null : elastic.Record,
             };
             using var distiller = new MdtDistiller(teacherFlow, studentFlow, MdtDistObjective.Create(cfg.Objective), options, log);
             bool resumed = distiller.TryResume();
@@ -187,10 +210,24 @@ public static class DistillTrellisApp
                 long next = Math.Min(maxSteps, NextMultiple(distiller.Step, options.CheckpointEvery, cfg.SampleEvery));
                 var last = distiller.Train(source, next, progress, cancellationToken);
                 lastLoss = last?.Loss ?? lastLoss;
+                if (elastic?.LastLog is { } el)
+                {
+                    log.LogInformation("Elastic memory at step {Step}: ratio {Ratio:F3} for {Voxels} voxels, peak {Memory:F3} GiB, fit k={K:G4} b={B:G4}",
+                        distiller.Step, el.MemRatio, el.InputSize, el.MemoryGiB, el.K, el.B);
+                    // temp file + rename: a kill never leaves a half-written state
+                    Directory.CreateDirectory(stateDir);
+                    File.WriteAllText(elasticState + ".tmp", elastic.StateDict().ToJsonString());
+                    File.Move(elasticState + ".tmp", elasticState, overwrite: true);
+                }
                 if (distiller.Step % options.CheckpointEvery == 0 || distiller.Step == maxSteps)
                     SaveTrellisLayout(distiller, studentNet, ckptDir, options.EmaRates);
                 if (pipeline is not null && distiller.Step % cfg.SampleEvery == 0)
                     Snapshot(distiller, cfg.Denoiser, pipeline, source, stage1, Path.Combine(o.Out, "samples"), log);
+                if (o.SimulateKillAfterStep is { } killAt && distiller.Step >= killAt)
+                {
+                    System.Diagnostics.Process.GetCurrentProcess().Kill();
+                    Thread.Sleep(Timeout.Infinite);
+                }
             }
             var export = Path.Combine(o.Out, "export", "ckpts", stage1 ? "ss_flow_mdt" : "slat_flow_mdt");
             distiller.CopyEmaTo(studentNet);

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using System.Text.Json.Nodes;
@@ -7,7 +8,9 @@ using MdtDist.Core.Sampling;
 using MdtDist.Trellis;
 using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Flow;
+using MdtDist.Samples;
 using MdtDist.Trellis.Models;
+using Spectre.Console;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -69,29 +72,96 @@ public static class Stage1StructureApp
     /// <summary>The released structure decoder.</summary>
     public const string DecoderName = "ss_dec_conv3d_16l8_fp16";
 
-    /// <summary>Command-line entry point; returns the process exit code.</summary>
+    /// <summary>
+    /// Command-line entry point; returns the process exit code: 0 done, 1 an unknown option or a bad value
+    /// (System.CommandLine's message) or nothing to run (the help is printed), 3 a missing or malformed file.
+    /// </summary>
     public static int Run(string[] args, TextWriter log)
     {
-        Stage1Options options;
-        try
+        ArgumentNullException.ThrowIfNull(args);
+        ArgumentNullException.ThrowIfNull(log);
+        var modelDir = SampleCommandLine.OptionalPath("MODEL_DIR", "a TRELLIS-image-large folder (pipeline.json + ckpts/) or its ckpts/ folder");
+        var tiny = new Option<bool>("--random-tiny") { Description = "tiny random network, no download (a smoke test: the structure is noise)" };
+        var flow = new Option<string?>("--flow") { Description = "another flow checkpoint (ckpts/NAME without extension), e.g. an MDT-dist student" };
+        var decoder = new Option<string?>("--decoder") { Description = "another structure decoder checkpoint" };
+        var cond = new Option<string?>("--cond") { Description = "condition tokens [1 or B, L, 1024] in a .safetensors file (TRELLIS's layer-normed DINOv2 features); without it the condition is all zeros (unconditional structure)" };
+        var steps = SampleCommandLine.Int("--steps", "Euler steps (default: pipeline.json, else 25)", min: 1);
+        var cfg = SampleCommandLine.Number("--cfg", "guidance strength (default: pipeline.json, else 5)");
+        var interval = new Option<(double Lo, double Hi)?>("--cfg-interval")
         {
-            options = Parse(args);
-        }
-        catch (ArgumentException e)
+            Description = "guidance interval in t, LO,HI (default: pipeline.json, else 0.5,1)", HelpName = "LO,HI", CustomParser = ParseInterval,
+        };
+        var rescale = SampleCommandLine.Number("--rescale-t", "time warp s*t/(1+(s-1)t) (default: pipeline.json, else 3)", v => v > 0, "a number > 0");
+        var seed = new Option<long>("--seed") { Description = "noise seed", DefaultValueFactory = _ => 1 };
+        var batch = SampleCommandLine.Int("--batch", "samples", min: 1, defaultValue: 1);
+        var dtype = new Option<string>("--dtype") { Description = "parameter dtype", DefaultValueFactory = _ => "float32" };
+        dtype.AcceptOnlyFromAmong(DTypeNames);
+        var torso = new Option<string?>("--torso-dtype") { Description = "compute dtype of the transformer blocks (e.g. float16 on CUDA)" };
+        torso.AcceptOnlyFromAmong(DTypeNames);
+        var device = new Option<string>("--device") { Description = "cpu or cuda[:i] (needs a CUDA TorchSharp backend)", DefaultValueFactory = _ => "cpu" };
+        var output = new Option<string>("--out") { Description = "output .ply (_i suffix per sample when B > 1)", DefaultValueFactory = _ => "structure.ply" };
+        var root = new RootCommand(Description)
         {
-            log.WriteLine($"error: {e.Message}");
-            log.WriteLine();
-            log.WriteLine(Usage);
-            return 2;
-        }
-        if (options.ModelDir is null && options.FlowCheckpoint is null && !options.RandomTiny)
+            modelDir, tiny, flow, decoder, cond, steps, cfg, interval, rescale, seed, batch, dtype, torso, device, output,
+        };
+        root.SetAction(pr =>
         {
-            log.WriteLine(Usage);
+            var o = new Stage1Options
+            {
+                ModelDir = pr.GetValue(modelDir), RandomTiny = pr.GetValue(tiny), FlowCheckpoint = pr.GetValue(flow), DecoderCheckpoint = pr.GetValue(decoder),
+                ConditionFile = pr.GetValue(cond), Steps = pr.GetValue(steps), CfgStrength = pr.GetValue(cfg), CfgInterval = pr.GetValue(interval),
+                RescaleT = pr.GetValue(rescale), Seed = pr.GetValue(seed), Batch = pr.GetValue(batch), DType = ParseDType(pr.GetValue(dtype)!),
+                TorsoDType = pr.GetValue(torso) is { } td ? ParseDType(td) : null, Device = pr.GetValue(device)!, Output = pr.GetValue(output)!,
+            };
+            if (o.ModelDir is null && o.FlowCheckpoint is null && !o.RandomTiny)
+            {
+                SampleCommandLine.PrintHelp(root, log);
+                return 1;
+            }
+            return Execute(o, log);
+        });
+        if (args.Length == 0)
+        {
+            SampleCommandLine.PrintHelp(root, log);
             return 1;
         }
+        return SampleCommandLine.Invoke(root, args, log);
+    }
+
+    private static int Execute(Stage1Options o, TextWriter log)
+    {
+        var console = SampleCommandLine.ConsoleFor(log);
         try
         {
-            using var result = Sample(options, log);
+            Stage1Result result;
+            if (SampleCommandLine.CanDrawBars(console))
+            {
+                // Live bars own the terminal while they run: the sample's lines are held back and printed after them.
+                var held = new StringWriter();
+                Stage1Result? r = null;
+                SampleCommandLine.Bars(console).Start(ctx =>
+                {
+                    var task = ctx.AddTask("stage 1 (sparse structure)");
+                    r = Sample(o, held, new InlineProgress<SamplerProgress>(p => { task.MaxValue = p.TotalSteps; task.Value = p.Step; }));
+                });
+                log.Write(held.ToString());
+                result = r!;
+            }
+            else
+            {
+                result = Sample(o, log);
+            }
+            using (result)
+            {
+                var table = SampleCommandLine.Table("sample", "occupied voxels", "file");
+                for (int b = 0; b < result.Files.Count; b++)
+                {
+                    long n = result.Coords.shape[0] == 0 ? 0 : (result.Coords[.., 0] == b).sum().item<long>();
+                    table.AddRow(b.ToString(CultureInfo.InvariantCulture), n.ToString(CultureInfo.InvariantCulture), Markup.Escape(result.Files[b]));
+                }
+                table.Caption($"{result.Evaluations} flow evaluations");
+                console.Write(table);
+            }
             return 0;
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or StateDictMismatchException or ArgumentException or NotSupportedException)
@@ -101,8 +171,8 @@ public static class Stage1StructureApp
         }
     }
 
-    /// <summary>How to call the sample and what to download.</summary>
-    public static string Usage => $"""
+    /// <summary>What the sample does and what to download (the head of its help).</summary>
+    public static string Description => $"""
         Stage1Structure: sample TRELLIS's sparse structure (stage 1) and write the occupied voxels as a .ply point file.
 
         usage: Stage1Structure MODEL_DIR [options]
@@ -114,66 +184,21 @@ public static class Stage1StructureApp
         from https://huggingface.co/JeffreyXiang/TRELLIS-image-large (tree/main/ckpts), e.g.
           huggingface-cli download JeffreyXiang/TRELLIS-image-large pipeline.json ckpts/{FlowName}.json \
             ckpts/{FlowName}.safetensors ckpts/{DecoderName}.json ckpts/{DecoderName}.safetensors --local-dir TRELLIS-image-large
-
-        options:
-          --flow STEM            another flow checkpoint (ckpts/NAME without extension), e.g. an MDT-dist student
-          --decoder STEM         another structure decoder checkpoint
-          --cond FILE            condition tokens [1 or B, L, 1024] in a .safetensors file (TRELLIS's layer-normed
-                                 DINOv2 features); without it the condition is all zeros (unconditional structure)
-          --steps N              Euler steps (default: pipeline.json, else 25)
-          --cfg W                guidance strength (default: pipeline.json, else 5)
-          --cfg-interval LO,HI   guidance interval in t (default: pipeline.json, else 0.5,1)
-          --rescale-t S          time warp s·t/(1+(s−1)t) (default: pipeline.json, else 3)
-          --seed S               noise seed (default 1)
-          --batch B              samples (default 1)
-          --dtype T              float32 (default), float64, float16, bfloat16
-          --torso-dtype T        compute dtype of the transformer blocks (e.g. float16 on CUDA)
-          --device D             cpu (default) or cuda[:i] (needs a CUDA TorchSharp backend)
-          --out FILE             output .ply (default structure.ply; _i suffix per sample when B > 1)
         """;
 
-    /// <summary>Parses the command line.</summary>
-    /// <exception cref="ArgumentException">An unknown option or a bad value.</exception>
-    public static Stage1Options Parse(string[] args)
+    private static readonly string[] DTypeNames = { "float32", "fp32", "float64", "fp64", "float16", "fp16", "bfloat16", "bf16" };
+
+    private static (double, double)? ParseInterval(System.CommandLine.Parsing.ArgumentResult r)
     {
-        var o = new Stage1Options();
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"option {a} needs a value.", nameof(args));
-            double Num(string s) => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v : throw new ArgumentException($"option {a}: '{s}' is not a number.", nameof(args));
-            int Int(string s) => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) && v > 0 ? v : throw new ArgumentException($"option {a}: '{s}' is not a positive integer.", nameof(args));
-            switch (a)
-            {
-                case "--random-tiny": o = o with { RandomTiny = true }; break;
-                case "--flow": o = o with { FlowCheckpoint = Next() }; break;
-                case "--decoder": o = o with { DecoderCheckpoint = Next() }; break;
-                case "--cond": o = o with { ConditionFile = Next() }; break;
-                case "--steps": o = o with { Steps = Int(Next()) }; break;
-                case "--cfg": o = o with { CfgStrength = Num(Next()) }; break;
-                case "--rescale-t": o = o with { RescaleT = Num(Next()) }; break;
-                case "--seed": o = o with { Seed = long.Parse(Next(), CultureInfo.InvariantCulture) }; break;
-                case "--batch": o = o with { Batch = Int(Next()) }; break;
-                case "--dtype": o = o with { DType = ParseDType(Next()) }; break;
-                case "--torso-dtype": o = o with { TorsoDType = ParseDType(Next()) }; break;
-                case "--device": o = o with { Device = Next() }; break;
-                case "--out": o = o with { Output = Next() }; break;
-                case "--cfg-interval":
-                {
-                    var parts = Next().Split(',');
-                    if (parts.Length != 2) throw new ArgumentException("--cfg-interval needs LO,HI.", nameof(args));
-                    o = o with { CfgInterval = (Num(parts[0]), Num(parts[1])) };
-                    break;
-                }
-                case "-h" or "--help": return new Stage1Options();
-                default:
-                    if (a.StartsWith('-')) throw new ArgumentException($"unknown option {a}.", nameof(args));
-                    if (o.ModelDir is not null) throw new ArgumentException($"more than one model folder: '{o.ModelDir}' and '{a}'.", nameof(args));
-                    o = o with { ModelDir = a };
-                    break;
-            }
-        }
-        return o;
+        var s = r.Tokens[^1].Value;
+        var parts = s.Split(',');
+        if (parts.Length == 2
+            && double.TryParse(parts[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var lo)
+            && double.TryParse(parts[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var hi)
+            && lo >= 0 && lo <= hi && hi <= 1)
+            return (lo, hi);
+        r.AddError($"--cfg-interval needs LO,HI with 0 <= LO <= HI <= 1, got '{s}'.");
+        return null;
     }
 
     private static ScalarType ParseDType(string s) => s switch
@@ -217,7 +242,10 @@ public static class Stage1StructureApp
     }
 
     /// <summary>Runs stage 1 and writes the .ply file(s).</summary>
-    public static Stage1Result Sample(Stage1Options o, TextWriter log)
+    /// <param name="o">What to run.</param>
+    /// <param name="log">Where the run's lines go.</param>
+    /// <param name="progress">Per-step progress; without it each step is a line of <paramref name="log"/>.</param>
+    public static Stage1Result Sample(Stage1Options o, TextWriter log, IProgress<SamplerProgress>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(o);
         var device = new Device(o.Device);
@@ -262,7 +290,8 @@ public static class Stage1StructureApp
             log.WriteLine($"sampling {o.Batch} structure(s): {steps} Euler steps, cfg {cfg} on t in [{interval.Lo}, {interval.Hi}], rescale_t {rescale}");
             using var result = new EulerSolver().Sample(guided, Latent.Dense(noise), cond, grid, new SamplerOptions
             {
-                OnStep = s => log.WriteLine($"  step {s.Index + 1}/{steps}: t {s.T:F4} -> {s.TPrev:F4}"),
+                OnStep = progress is null ? s => log.WriteLine($"  step {s.Index + 1}/{steps}: t {s.T:F4} -> {s.TPrev:F4}") : null,
+                Progress = progress,
             });
             var coords = decoder.DecodeOccupancy(result.Samples);
             long resolution = flow.Config.Resolution << (decoder.Config.Channels.Count - 1);   // each upsampling stage doubles

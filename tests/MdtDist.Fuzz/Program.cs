@@ -119,15 +119,31 @@ switch (args[0])
     case "train":
     {
         // The kill test's child: resume from --dir if possible, then train the tiny distiller to --steps with a
-        // checkpoint (and a prune) after every step, printing one line per step.
+        // checkpoint (and a prune) after every step, printing one line per step. A simulated kill -9 (SIGKILL to
+        // itself: no finally block, no flush, no cleanup) at a point fixed by the caller, independent of speed:
+        // --die-after-file N right after this run's N-th checkpoint file is written (mid-write: the folder is not
+        // committed yet), --die-at-step K when this run's K-th step has been taken, before its checkpoint is written.
         var dir = Arg(args, "dir");
         int steps = IntArg(args, "steps", 10);
+        int dieAfterFile = IntArg(args, "die-after-file", 0), dieAtStep = IntArg(args, "die-at-step", 0);
         using var d = MdtDist.Fuzz.Targets.TrainingCheckpointTarget.CreateDistiller(keep: 2, checkpointDirectory: dir, checkpointEvery: 1);
         d.TryResume(dir);
         var stdout = new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true };
         stdout.WriteLine($"RESUMED {d.Step}");
+        static void Die(StreamWriter o, string where)
+        {
+            o.WriteLine("DIE " + where);
+            System.Diagnostics.Process.GetCurrentProcess().Kill();
+            Thread.Sleep(Timeout.Infinite);
+        }
+        int files = 0, taken = 0;
+        if (dieAfterFile > 0) d.CheckpointFileWritten = name => { if (++files == dieAfterFile) Die(stdout, $"after file {files} ({name})"); };
         d.Train(new MdtDist.Core.Training.DelegateDataSource(MdtDist.Fuzz.Targets.TrainingCheckpointTarget.Batch), steps,
-            new SyncProgress(p => stdout.WriteLine($"STEP {p.Step}")));
+            new SyncProgress(p =>
+            {
+                stdout.WriteLine($"STEP {p.Step}");
+                if (++taken == dieAtStep) Die(stdout, $"at step {p.Step}");
+            }));
         stdout.WriteLine("DONE");
         return 0;
     }

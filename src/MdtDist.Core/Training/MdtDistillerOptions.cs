@@ -125,6 +125,12 @@ public abstract record TrainingOptions
 
     /// <summary>Largest gradient bucket of one all-reduce call, in bytes (torch DDP's default: 25 MiB).</summary>
     public long AllReduceBucketBytes { get; init; } = 25L << 20;
+
+    /// <summary>
+    /// A scope opened around each micro-batch's forward and backward (null: none), e.g. <see cref="MemoryController.Record"/>
+    /// of TRELLIS's elastic memory controller.
+    /// </summary>
+    public Func<IDisposable>? MicroBatchScope { get; init; }
 }
 
 /// <summary>Settings of <see cref="MdtDistiller"/> (all of them shared with the other trainers; see <see cref="TrainingOptions"/>).</summary>

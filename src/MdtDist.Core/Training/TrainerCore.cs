@@ -196,6 +196,7 @@ internal sealed class TrainerCore : IDisposable
         for (int i = 0; i < k; i++)
         {
             using var inner = torch.NewDisposeScope();
+            using var microBatchScope = Options.MicroBatchScope?.Invoke();
             var mb = parts[i] ?? throw new ArgumentException($"micro-batch {i} is null.", nameof(parts));
             var res = compute(i, mb);
             double l = ToDouble(res.Loss);

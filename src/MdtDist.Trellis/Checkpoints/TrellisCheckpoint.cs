@@ -74,6 +74,9 @@ public static class TrellisCheckpoint
         [SLatEncoderConfig.ClassName] = typeof(SLatEncoder),
         [SLatGaussianDecoderConfig.ClassName] = typeof(SLatGaussianDecoder),
         [SLatMeshDecoderConfig.ClassName] = typeof(SLatMeshDecoder),
+        [ElasticSLatEncoder.ClassName] = typeof(ElasticSLatEncoder),
+        [ElasticSLatGaussianDecoder.ClassName] = typeof(ElasticSLatGaussianDecoder),
+        [ElasticSLatMeshDecoder.ClassName] = typeof(ElasticSLatMeshDecoder),
     };
 
     static TrellisCheckpoint()
@@ -81,12 +84,15 @@ public static class TrellisCheckpoint
         Register(SparseStructureFlowConfig.ClassName, (a, d, dev) => new SparseStructureFlowModel(SparseStructureFlowConfig.FromArgs(a), d, dev));
         Register(SparseStructureEncoderConfig.ClassName, (a, d, dev) => new SparseStructureEncoder(SparseStructureEncoderConfig.FromArgs(a), d, dev));
         Register(SparseStructureDecoderConfig.ClassName, (a, d, dev) => new SparseStructureDecoder(SparseStructureDecoderConfig.FromArgs(a), d, dev));
-        // Stage 2 (the Elastic* classes have TRELLIS's identical forward; only training-time memory control differs).
+        // Stage 2 (the Elastic* classes have TRELLIS's identical forward; they add the training-time memory controller).
         Register(SLatFlowConfig.ClassName, (a, d, dev) => new SLatFlowModel(SLatFlowConfig.FromArgs(a), d, dev));
         Register(SLatFlowConfig.ElasticClassName, (a, d, dev) => new ElasticSLatFlowModel(SLatFlowConfig.FromArgs(a, SLatFlowConfig.ElasticClassName), d, dev));
         Register(SLatEncoderConfig.ClassName, (a, d, dev) => new SLatEncoder(SLatEncoderConfig.FromArgs(a), d, dev));
         Register(SLatGaussianDecoderConfig.ClassName, (a, d, dev) => new SLatGaussianDecoder(SLatGaussianDecoderConfig.FromArgs(a), d, dev));
         Register(SLatMeshDecoderConfig.ClassName, (a, d, dev) => new SLatMeshDecoder(SLatMeshDecoderConfig.FromArgs(a), d, dev));
+        Register(ElasticSLatEncoder.ClassName, (a, d, dev) => new ElasticSLatEncoder(SLatEncoderConfig.FromArgs(a), d, dev));
+        Register(ElasticSLatGaussianDecoder.ClassName, (a, d, dev) => new ElasticSLatGaussianDecoder(SLatGaussianDecoderConfig.FromArgs(a), d, dev));
+        Register(ElasticSLatMeshDecoder.ClassName, (a, d, dev) => new ElasticSLatMeshDecoder(SLatMeshDecoderConfig.FromArgs(a), d, dev));
     }
 
     /// <summary>Makes <paramref name="className"/> loadable (replacing an earlier builder of that name).</summary>

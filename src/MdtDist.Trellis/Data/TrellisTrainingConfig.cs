@@ -4,6 +4,7 @@ using MdtDist.Core.Distillation;
 using MdtDist.Core.Flow;
 using MdtDist.Core.Training;
 using MdtDist.Trellis.Checkpoints;
+using MdtDist.Trellis.Models;
 
 namespace MdtDist.Trellis.Data;
 
@@ -15,8 +16,7 @@ namespace MdtDist.Trellis.Data;
 /// </summary>
 /// <remarks>
 /// Every key is honoured, or reported: keys that do not change what is trained here (<c>prefetch_data</c>,
-/// <c>log_param_stats</c>, <c>i_print</c>, <c>i_ddpcheck</c>, the datasets' visualisation decoders, the <c>elastic</c>
-/// memory controller, which only trades memory for time) are listed in <see cref="Ignored"/> with the reason and
+/// <c>log_param_stats</c>, <c>i_print</c>, <c>i_ddpcheck</c>, the datasets' visualisation decoders) are listed in <see cref="Ignored"/> with the reason and
 /// logged by the caller; keys whose value cannot be honoured (a list of guidance strengths to draw from, an optimizer
 /// other than AdamW, a learning-rate scheduler, <c>p_uncond</c> &gt; 0, a fixed-norm <c>grad_clip</c>, <c>fp16_mode</c>
 /// <c>amp</c>) and unknown keys fail, all at once, naming the file and the key.
@@ -75,6 +75,9 @@ public sealed class TrellisTrainingConfig
     /// <summary><c>image_cond_model</c> (image-conditioned trainers).</summary>
     public string? ImageConditionModel { get; private init; }
 
+    /// <summary><c>trainer.args.elastic</c>: TRELLIS's memory controller for the (elastic) denoiser; null: none.</summary>
+    public LinearMemoryControllerOptions? Elastic { get; private init; }
+
     /// <summary>Keys accepted without effect here, each with the reason.</summary>
     public IReadOnlyList<string> Ignored { get; private init; } = Array.Empty<string>();
 
@@ -100,6 +103,7 @@ public sealed class TrellisTrainingConfig
         if (worldSize < 1) throw new ArgumentException($"worldSize must be >= 1, got {worldSize}.", nameof(worldSize));
         var errors = new List<string>();
         var ignored = new List<string>();
+        LinearMemoryControllerOptions? elastic = null;
         foreach (var key in root.Select(kv => kv.Key))
             if (key is not ("models" or "dataset" or "trainer")) errors.Add($"'{key}' is not a section of a TRELLIS training config (models, dataset, trainer)");
 
@@ -237,10 +241,10 @@ public sealed class TrellisTrainingConfig
                 a.Accept(key);
                 ignored.Add($"trainer.args.{key} (no effect here: progress is reported through IProgress, data is read synchronously)");
             }
-            if (a.Has("elastic"))
+            if (a.Raw("elastic") is { } el)   // null (TRELLIS's default) means no controller
             {
-                a.Accept("elastic");
-                ignored.Add("trainer.args.elastic (the memory controller only trades memory for recomputation; training runs without gradient checkpointing, same results, more memory)");
+                try { elastic = LinearMemoryControllerOptions.FromConfig(el, "trainer.args.elastic"); }
+                catch (InvalidDataException e) { errors.Add(e.Message.TrimEnd('.')); }
             }
             if (a.Double("p_uncond", 0, 0, 1) > 0) a.Reject("p_uncond", "> 0 (condition dropout while distilling) is not supported; MDT-dist's configs use 0");
             if (a.Object("t_schedule", required: false, ignoreUnknown: false) is { } ts)
@@ -300,13 +304,15 @@ public sealed class TrellisTrainingConfig
         if (dataset is not null && imageCond is not null && dataset.Condition != TrellisConditionKind.Image)
             errors.Add($"trainer.args.image_cond_model is set but dataset {datasetName} is not image-conditioned");
 
+        if (elastic is not null && denoiser is not null && denoiser.Name != SLatFlowConfig.ElasticClassName)
+            errors.Add($"trainer.args.elastic needs an elastic denoiser ({SLatFlowConfig.ElasticClassName}), models.denoiser is {denoiser.Name}");
         if (errors.Count > 0) throw new InvalidDataException($"{source}: {string.Join("; ", errors)}.");
         return new TrellisTrainingConfig
         {
             Source = source, Denoiser = denoiser!, Teacher = teacher ?? denoiser!, DatasetName = datasetName, Dataset = dataset!,
             TrainerName = trainerName, Objective = settings, Trainer = options, MaxSteps = maxSteps, BatchSizePerRank = batch,
             SampleEvery = sampleEvery, SnapshotRescaleT = rescaleT, FinetuneCheckpoints = finetune, ImageConditionModel = imageCond,
-            Ignored = ignored,
+            Ignored = ignored, Elastic = elastic,
         };
     }
 }

@@ -18,7 +18,7 @@ public sealed record SLatEncoderOutput(SparseTensor Z, Tensor Mean, Tensor LogVa
 /// <c>out_layer = Linear(C, 2·latent_channels)</c> split into mean and log-variance (mean first).
 /// Rows keep the input order.
 /// </summary>
-public sealed class SLatEncoder : SparseTransformerBase<SLatEncoderOutput>
+public class SLatEncoder : SparseTransformerBase<SLatEncoderOutput>
 {
 #pragma warning disable IDE1006
     private readonly Linear out_layer;
@@ -29,7 +29,9 @@ public sealed class SLatEncoder : SparseTransformerBase<SLatEncoderOutput>
     /// <param name="dtype">Parameter dtype: float32 (default), float64, float16 or bfloat16.</param>
     /// <param name="device">Device (CPU by default; the meta device builds shapes only).</param>
     /// <exception cref="ArgumentException">Invalid config (every problem listed) or dtype.</exception>
+#pragma warning disable RS0022 // unsealed for TRELLIS's ElasticSLatEncoder subclass; the base's members stay private protected
     public SLatEncoder(SLatEncoderConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+#pragma warning restore RS0022
         : base(config ?? throw new ArgumentNullException(nameof(config)), config.InChannels, dtype, device)
     {
         Config = config;

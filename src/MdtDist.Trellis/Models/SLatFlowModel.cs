@@ -1,4 +1,5 @@
 using MdtDist.Core;
+using MdtDist.Core.Training;
 using MdtDist.Trellis.Modules;
 using System.Text.Json.Nodes;
 using MdtDist.Trellis.Checkpoints;
@@ -140,7 +141,11 @@ public class SLatFlowModel : nn.Module<SparseTensor, Tensor, Tensor, SparseTenso
         out_layer = nn.Linear(io is null ? c : io[0], config.OutChannels, true, device, dtype);
         RegisterComponents();
         InitializeWeights();
+        Elastic = new ElasticBlocks(config.NumBlocks, config.UseCheckpoint);
     }
+
+    /// <summary>Which transformer blocks are checkpointed (<c>use_checkpoint</c>; the memory controller of the Elastic class).</summary>
+    private protected ElasticBlocks Elastic { get; }
 
     /// <summary>The configuration.</summary>
     public SLatFlowConfig Config { get; }
@@ -208,11 +213,16 @@ public class SLatFlowModel : nn.Module<SparseTensor, Tensor, Tensor, SparseTenso
             skips.Add(h.Feats);
         }
         h = h.ReplaceFeats(h.Feats + SparseEmbeddings.AbsolutePosition(h.Coordinates.Coords64[.., 1..], cfg.ModelChannels, torso));
-        foreach (var block in blocks)
+        h = Elastic.Run(this, x.Feats.shape[0], () =>
         {
-            var hin = h;
-            h = Precision.Scoped(() => block.Forward(hin, tEmb, c));
-        }
+            for (int i = 0; i < blocks.Count; i++)
+            {
+                var block = blocks[i];
+                var hin = h;
+                h = Elastic.Checkpoints(i) ? ElasticBlocks.Checkpointed(block, hin, tEmb, c) : Precision.Scoped(() => block.Forward(hin, tEmb, c));
+            }
+            return h;
+        });
         for (int i = 0; i < out_blocks.Count; i++)
         {
             var skip = skips[skips.Count - 1 - i];
@@ -251,11 +261,12 @@ public class SLatFlowModel : nn.Module<SparseTensor, Tensor, Tensor, SparseTenso
 }
 
 /// <summary>
-/// TRELLIS's <c>ElasticSLatFlowModel</c>: the same network and forward as <see cref="SLatFlowModel"/> (TRELLIS's elastic
-/// variant only switches gradient checkpointing per block to save memory in training; this port has no gradient
-/// checkpointing, so the two are identical here).
+/// TRELLIS's <c>ElasticSLatFlowModel</c>: the network, weights and outputs of <see cref="SLatFlowModel"/>, with TRELLIS's
+/// elastic memory: once a <see cref="MemoryController"/> is registered, each training forward with gradients asks it for
+/// a memory ratio from the number of input voxels and recomputes the first transformer blocks in backward
+/// (<see cref="ActivationCheckpoint"/>) accordingly. Gradients are the same as without it; only memory and time change.
 /// </summary>
-public sealed class ElasticSLatFlowModel : SLatFlowModel
+public sealed class ElasticSLatFlowModel : SLatFlowModel, IElasticModule
 {
     /// <summary>Builds the network.</summary>
     public ElasticSLatFlowModel(SLatFlowConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
@@ -265,4 +276,7 @@ public sealed class ElasticSLatFlowModel : SLatFlowModel
 
     /// <inheritdoc />
     public override string TrellisClassName => SLatFlowConfig.ElasticClassName;
+
+    /// <inheritdoc />
+    public void RegisterMemoryController(MemoryController? controller) => Elastic.Controller = controller;
 }

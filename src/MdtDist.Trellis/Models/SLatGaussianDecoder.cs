@@ -129,7 +129,7 @@ public sealed record GaussianRepresentationConfig(
 /// Output channel layout per voxel: <c>_xyz | _features_dc | _scaling | _rotation | _opacity</c> (3G, 3G, 3G, 4G, G),
 /// gaussian-major inside each block.
 /// </remarks>
-public sealed class SLatGaussianDecoder : SparseTransformerBase<IReadOnlyList<Gaussians>>
+public class SLatGaussianDecoder : SparseTransformerBase<IReadOnlyList<Gaussians>>
 {
 #pragma warning disable IDE1006 // PyTorch state_dict names
     private readonly Linear out_layer;
@@ -143,7 +143,9 @@ public sealed class SLatGaussianDecoder : SparseTransformerBase<IReadOnlyList<Ga
     /// <param name="dtype">Parameter dtype: float32 (default), float64, float16 or bfloat16.</param>
     /// <param name="device">Device (CPU by default; the meta device builds shapes only).</param>
     /// <exception cref="ArgumentException">Invalid config (every problem listed) or dtype.</exception>
+#pragma warning disable RS0022 // unsealed for TRELLIS's ElasticSLatGaussianDecoder subclass; the base's members stay private protected
     public SLatGaussianDecoder(SLatGaussianDecoderConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+#pragma warning restore RS0022
         : base(config ?? throw new ArgumentNullException(nameof(config)), config.LatentChannels, dtype, device)
     {
         Config = config;

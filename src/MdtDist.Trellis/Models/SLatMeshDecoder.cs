@@ -81,7 +81,7 @@ internal sealed class SparseSubdivideBlock3d : nn.Module
 /// each sample's output becomes the <see cref="FlexiCubesInputs"/> of a <c>4·resolution</c> grid.
 /// </summary>
 /// <remarks>State-dict names: <c>input_layer.*</c>, <c>blocks.{i}.*</c>, <c>upsample.{0,1}.*</c>, <c>out_layer.*</c>.</remarks>
-public sealed class SLatMeshDecoder : SparseTransformerBase<IReadOnlyList<FlexiCubesInputs>>
+public class SLatMeshDecoder : SparseTransformerBase<IReadOnlyList<FlexiCubesInputs>>
 {
 #pragma warning disable IDE1006 // PyTorch state_dict names
     private readonly ModuleList<SparseSubdivideBlock3d> upsample;
@@ -93,7 +93,9 @@ public sealed class SLatMeshDecoder : SparseTransformerBase<IReadOnlyList<FlexiC
     /// <param name="dtype">Parameter dtype: float32 (default), float64, float16 or bfloat16.</param>
     /// <param name="device">Device (CPU by default; the meta device builds shapes only).</param>
     /// <exception cref="ArgumentException">Invalid config (every problem listed) or dtype.</exception>
+#pragma warning disable RS0022 // unsealed for TRELLIS's ElasticSLatMeshDecoder subclass; the base's members stay private protected
     public SLatMeshDecoder(SLatMeshDecoderConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+#pragma warning restore RS0022
         : base(config ?? throw new ArgumentNullException(nameof(config)), config.LatentChannels, dtype, device)
     {
         Config = config;

@@ -33,7 +33,7 @@ public abstract record SLatVaeConfig
     public string PeMode { get; init; } = "ape";
     /// <summary>TRELLIS's <c>use_fp16</c> flag (kept for round trips; precision is chosen with the model's dtype API).</summary>
     public bool UseFp16 { get; init; }
-    /// <summary>Gradient checkpointing flag (<c>use_checkpoint</c>; kept for round trips).</summary>
+    /// <summary>Gradient checkpointing of every transformer block in training (<c>use_checkpoint</c>; never changes results).</summary>
     public bool UseCheckpoint { get; init; }
     /// <summary>RMS-normalise q and k (<c>qk_rms_norm</c>).</summary>
     public bool QkRmsNorm { get; init; }

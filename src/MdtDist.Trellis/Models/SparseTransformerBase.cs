@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using MdtDist.Core.Training;
 using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Modules;
 using MdtDist.Trellis.Sparse;
@@ -36,7 +37,14 @@ public abstract class SparseTransformerBase<TResult> : nn.Module<SparseTensor, T
         for (int i = 0; i < config.NumBlocks; i++)
             blocks.Add(new SparseTransformerBlock(config.ModelChannels, (int)config.Heads, config.MlpRatio, SparseBlockAttention.ForBlock(config.AttnMode, window, i),
                 config.QkRmsNorm, qkvBias: true, lnAffine: false, dtype, device));
+        Elastic = new ElasticBlocks(config.NumBlocks, config.UseCheckpoint);
     }
+
+    /// <summary>Which blocks are checkpointed (<c>use_checkpoint</c>; the memory controller of the Elastic classes).</summary>
+    private protected ElasticBlocks Elastic { get; }
+
+    /// <summary>Attaches a memory controller (the Elastic classes expose this as <see cref="IElasticModule"/>).</summary>
+    private protected void SetMemoryController(MemoryController? controller) => Elastic.Controller = controller;
 
     private protected SLatVaeConfig VaeConfig { get; }
 
@@ -50,7 +58,7 @@ public abstract class SparseTransformerBase<TResult> : nn.Module<SparseTensor, T
     public long InChannels { get; }
 
     /// <inheritdoc />
-    public string TrellisClassName => VaeConfig.TrellisClassName;
+    public virtual string TrellisClassName => VaeConfig.TrellisClassName;
 
     /// <inheritdoc />
     public JsonObject ToConfigArgs() => VaeConfig.ToArgs();
@@ -87,11 +95,15 @@ public abstract class SparseTransformerBase<TResult> : nn.Module<SparseTensor, T
         var h = input_layer.forward(x.Feats.As(inDtype));
         h = h + SparseEmbeddings.AbsolutePosition(x.Coordinates.Coords64[.., 1..], VaeConfig.ModelChannels, inDtype);
         var hs = x.ReplaceFeats(h.As(TorsoDType));
-        foreach (var block in blocks)
+        return Elastic.Run(this, x.Feats.shape[0], () =>
         {
-            var hin = hs;
-            hs = Precision.Scoped(() => block.Forward(hin));
-        }
-        return hs;
+            for (int i = 0; i < blocks.Count; i++)
+            {
+                var block = blocks[i];
+                var hin = hs;
+                hs = Elastic.Checkpoints(i) ? ElasticBlocks.Checkpointed(block, hin) : Precision.Scoped(() => block.Forward(hin));
+            }
+            return hs;
+        });
     }
 }

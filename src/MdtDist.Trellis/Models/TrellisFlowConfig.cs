@@ -33,7 +33,8 @@ public abstract record TrellisFlowConfig
     public string PeMode { get; init; } = "ape";
     /// <summary>TRELLIS's <c>use_fp16</c> flag (kept for round trips; .NET selects compute precision explicitly).</summary>
     public bool UseFp16 { get; init; }
-    /// <summary>TRELLIS's <c>use_checkpoint</c> (gradient checkpointing; kept for round trips, no effect on results).</summary>
+    /// <summary>TRELLIS's <c>use_checkpoint</c>: gradient checkpointing of every transformer block in training (honoured by the
+    /// structured-latent flows; never changes results, only memory and time).</summary>
     public bool UseCheckpoint { get; init; }
     /// <summary>One model-level adaLN modulation shared by all blocks (<c>share_mod</c>).</summary>
     public bool ShareMod { get; init; }

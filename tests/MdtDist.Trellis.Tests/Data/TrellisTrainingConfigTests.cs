@@ -76,7 +76,8 @@ public class TrellisTrainingConfigTests
         Assert.Equal(500, c.Trainer.LogEvery);
         Assert.Equal(10000, c.SampleEvery);
         Assert.Equal("JeffreyXiang/TRELLIS-image-large/ckpts/slat_flow_img_dit_L_64l8p2_fp16", c.FinetuneCheckpoints["teacher"]);
-        Assert.Contains(c.Ignored, i => i.StartsWith("trainer.args.elastic", StringComparison.Ordinal));
+        Assert.DoesNotContain(c.Ignored, i => i.StartsWith("trainer.args.elastic", StringComparison.Ordinal));
+        Assert.Equal((0.75, 0.5), (c.Elastic!.TargetRatio, c.Elastic.MaxMemRatioStart));
         Assert.Contains(c.Ignored, i => i.StartsWith("trainer.args.i_print", StringComparison.Ordinal));
         Assert.Contains(c.Ignored, i => i.StartsWith("dataset.args.pretrained_slat_dec", StringComparison.Ordinal));
         // batch_size instead of batch_size_per_gpu, spread over 2 processes.

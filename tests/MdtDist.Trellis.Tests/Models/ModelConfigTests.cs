@@ -25,6 +25,10 @@ public class ModelConfigTests
         ["SLatEncoder"] = """{"name": "SLatEncoder", "args": {"resolution": 16, "in_channels": 12, "model_channels": 32, "latent_channels": 8, "num_blocks": 2, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4, "pe_mode": "ape", "use_fp16": true, "qk_rms_norm": false}}""",
         ["SLatGaussianDecoder"] = TinyPipeline.Configs["slat_dec_gs"],
         ["SLatMeshDecoder"] = """{"name": "SLatMeshDecoder", "args": {"resolution": 8, "model_channels": 256, "latent_channels": 8, "num_blocks": 1, "num_heads": 4, "mlp_ratio": 1, "attn_mode": "swin", "window_size": 4, "representation_config": {"use_color": true}}}""",
+        // TRELLIS's VAE training configs name the Elastic classes.
+        ["ElasticSLatEncoder"] = """{"name": "ElasticSLatEncoder", "args": {"resolution": 16, "in_channels": 12, "model_channels": 32, "latent_channels": 8, "num_blocks": 2, "num_heads": 2, "mlp_ratio": 2, "attn_mode": "swin", "window_size": 4, "pe_mode": "ape", "use_fp16": true, "qk_rms_norm": false}}""",
+        ["ElasticSLatGaussianDecoder"] = TinyPipeline.Configs["slat_dec_gs"].Replace("\"SLatGaussianDecoder\"", "\"ElasticSLatGaussianDecoder\""),
+        ["ElasticSLatMeshDecoder"] = """{"name": "ElasticSLatMeshDecoder", "args": {"resolution": 8, "model_channels": 256, "latent_channels": 8, "num_blocks": 1, "num_heads": 4, "mlp_ratio": 1, "attn_mode": "swin", "window_size": 4, "representation_config": {"use_color": true}}}""",
     };
 
     public static TheoryData<string> Classes => new(Configs.Keys);

@@ -17,7 +17,7 @@ public class TrellisTextPipelineTests
 {
     private static readonly string TokenizerFolder = Path.Combine(AppContext.BaseDirectory, "TestData", "clip_tokenizer");
 
-    private static string WriteTextLayout(out ClipTextModel clip)
+    internal static string WriteTextLayout(out ClipTextModel clip)
     {
         var parent = Directory.CreateTempSubdirectory("mdtdist-text-").FullName;
         var image = Path.Combine(parent, "TRELLIS-image-large");

@@ -81,6 +81,43 @@ public sealed class Stage1SampleTests : IDisposable
         var missing = new StringWriter();
         Assert.Equal(3, Stage1StructureApp.Run(new[] { _dir.FullName }, missing));
         Assert.Contains("ss_flow_img_dit_L_16l8_fp16.json", missing.ToString());
-        Assert.Equal(2, Stage1StructureApp.Run(new[] { "--steps", "zero" }, new StringWriter()));
+    }
+
+    [Fact]
+    public void BadCommandLinesGetTheParsersMessageNotAStackTrace()
+    {
+        // System.CommandLine's convention: exit code 1 and a message naming the option and the value; nothing written.
+        foreach (var (args, expected) in new[]
+                 {
+                     (new[] { "--random-tiny", "--steps", "zero" }, "--steps needs an integer >= 1, got 'zero'"),
+                     (new[] { "--random-tiny", "--batch", "0" }, "--batch needs an integer >= 1, got '0'"),
+                     (new[] { "--random-tiny", "--cfg-interval", "0.5" }, "--cfg-interval needs LO,HI"),
+                     (new[] { "--random-tiny", "--dtype", "float8" }, "float8"),
+                     (new[] { "--random-tiny", "--bogus" }, "--bogus"),
+                     (new[] { "--random-tiny", "--seed" }, "--seed"),
+                 })
+        {
+            var log = new StringWriter();
+            var output = Path.Combine(_dir.FullName, "never.ply");
+            Assert.Equal(1, Stage1StructureApp.Run(args.Append("--out").Append(output).ToArray(), log));
+            Assert.Contains(expected, log.ToString());
+            Assert.DoesNotContain("   at ", log.ToString());
+            Assert.False(File.Exists(output));
+        }
+        var help = new StringWriter();
+        Assert.Equal(0, Stage1StructureApp.Run(new[] { "--help" }, help));
+        Assert.Contains("--cfg-interval", help.ToString());
+    }
+
+    [Fact]
+    public void TheRunEndsWithASummaryTable()
+    {
+        var log = new StringWriter();
+        var output = Path.Combine(_dir.FullName, "t.ply");
+        Assert.Equal(0, Stage1StructureApp.Run(new[] { "--random-tiny", "--steps", "1", "--batch", "2", "--out", output }, log));
+        var text = log.ToString();
+        Assert.Contains("occupied voxels", text);
+        Assert.Contains("2 flow evaluations", text);   // 1 step at t = 1, inside the guidance interval: 2 evaluations
+        Assert.Contains("t_1.ply", text);
     }
 }
