@@ -89,7 +89,7 @@ public sealed class AdaptiveGradClipper
     }
 
     /// <summary>numpy's <c>percentile(values, q)</c> with the default linear method.</summary>
-    public static double PercentileOf(IReadOnlyList<float> values, double q)
+    internal static double PercentileOf(IReadOnlyList<float> values, double q)
     {
         ArgumentNullException.ThrowIfNull(values);
         if (values.Count == 0) throw new ArgumentException("no values.", nameof(values));

@@ -1,6 +1,5 @@
 using MdtDist.Core.Flow;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -45,22 +44,26 @@ public sealed record FlowMatchingDraws(Tensor Noise, Tensor TRaw, Tensor? DropUn
 /// master weights, adaptive clipping, AdamW, EMA, non-finite step skipping, checkpoints, exact resume, logging and
 /// data-parallel training — is the same training loop as <see cref="MdtDistiller"/>'s.
 /// </summary>
-public sealed class FlowMatchingTrainer : IDisposable
+public sealed class FlowMatchingTrainer : FlowTrainer
 {
-    private readonly TrainerCore _core;
     private readonly FlowMatchingLoss _loss;
 
     /// <summary>Creates a trainer for <paramref name="model"/> (its trainable parameters are optimised).</summary>
     /// <exception cref="ArgumentException">An option is out of range or the model has no trainable parameters.</exception>
     public FlowMatchingTrainer(IFlowNetwork model, FlowMatchingTrainerOptions? options = null, ILogger? logger = null)
+        : base(model ?? throw new ArgumentNullException(nameof(model)), Checked(options ??= new FlowMatchingTrainerOptions()), logger, "model")
     {
-        Model = model ?? throw new ArgumentNullException(nameof(model));
-        Options = options ?? new FlowMatchingTrainerOptions();
-        TrainerCore.Validate(Options);
-        if (Options.TimeSampler is null) throw new ArgumentException("TimeSampler must not be null.", nameof(options));
-        if (!(Options.PUncond >= 0 && Options.PUncond <= 1)) throw new ArgumentException($"PUncond must be in [0, 1], got {Options.PUncond}.", nameof(options));
+        Model = model;
+        Options = options;
         _loss = new FlowMatchingLoss(Options.Path);
-        _core = new TrainerCore(model, Options, logger ?? NullLogger.Instance, "model");
+    }
+
+    private static FlowMatchingTrainerOptions Checked(FlowMatchingTrainerOptions options)
+    {
+        TrainerCore.Validate(options);
+        if (options.TimeSampler is null) throw new ArgumentException("TimeSampler must not be null.", nameof(options));
+        if (!(options.PUncond >= 0 && options.PUncond <= 1)) throw new ArgumentException($"PUncond must be in [0, 1], got {options.PUncond}.", nameof(options));
+        return options;
     }
 
     /// <summary>The model being trained.</summary>
@@ -68,36 +71,6 @@ public sealed class FlowMatchingTrainer : IDisposable
 
     /// <summary>The settings.</summary>
     public FlowMatchingTrainerOptions Options { get; }
-
-    /// <summary>The gradient clipper, or null.</summary>
-    public AdaptiveGradClipper? GradClipper => _core.GradClipper;
-
-    /// <summary>Completed steps (skipped ones included).</summary>
-    public long Step => _core.Step;
-
-    /// <summary>Steps whose update was skipped because the loss or a gradient was not finite.</summary>
-    public long SkippedSteps => _core.SkippedSteps;
-
-    /// <summary>log2 of the current loss scale (0 unless loss scaling is in use).</summary>
-    public double LogLossScale => _core.LogLossScale;
-
-    /// <summary>The optimizer's weights (the model's parameters, or their master copies), in parameter order.</summary>
-    public IReadOnlyList<Parameter> MasterParameters => _core.MasterParameters;
-
-    /// <summary>The trainer's random generator (noise, time and dropout draws; its state is checkpointed).</summary>
-    public Generator Generator => _core.Generator;
-
-    /// <summary>The learning rate of the next step.</summary>
-    public double CurrentLearningRate => _core.CurrentLearningRate;
-
-    /// <summary>Seconds spent averaging gradients over ranks so far (0 in a single process).</summary>
-    public double AllReduceSeconds => _core.AllReduceSeconds;
-
-    /// <summary>The EMA weights of rate index <paramref name="index"/> by parameter name (live tensors: read, do not modify).</summary>
-    public IReadOnlyDictionary<string, Tensor> EmaParameters(int index = 0) => _core.EmaParameters(index);
-
-    /// <summary>Loads the EMA weights of rate index <paramref name="index"/> (and the model's buffers) into <paramref name="target"/>, a module of the same architecture.</summary>
-    public void CopyEmaTo(nn.Module target, int index = 0) => _core.CopyEmaTo(target, index);
 
     /// <summary>Draws ε, the raw times and (when <see cref="FlowMatchingTrainerOptions.PUncond"/> &gt; 0 and there is a condition) the dropout uniforms.</summary>
     public FlowMatchingDraws Draw(DistillationBatch microBatch, Generator? generator = null)
@@ -118,7 +91,7 @@ public sealed class FlowMatchingTrainer : IDisposable
     /// repeated to the batch first. Returns the condition itself when nothing is dropped.
     /// </summary>
     /// <exception cref="ArgumentException">A shape does not fit the batch.</exception>
-    public static Tensor DropCondition(Tensor condition, Tensor? negativeCondition, Tensor drop)
+    internal static Tensor DropCondition(Tensor condition, Tensor? negativeCondition, Tensor drop)
     {
         ArgumentNullException.ThrowIfNull(condition);
         ArgumentNullException.ThrowIfNull(drop);
@@ -156,45 +129,30 @@ public sealed class FlowMatchingTrainer : IDisposable
     }
 
     /// <summary>Runs one optimisation step on <paramref name="batch"/> (split into <see cref="TrainingOptions.BatchSplit"/> micro-batches).</summary>
-    public TrainingProgress TrainStep(DistillationBatch batch) => _core.RunStep(_core.Split(batch), Compute(null), 0);
+    public TrainingProgress TrainStep(DistillationBatch batch) => Core.RunStep(Core.Split(batch), Compute(null), 0);
 
     /// <summary>
     /// Runs one optimisation step on the given micro-batches — the same update as <see cref="Train"/> — with micro-batch
-    /// k's random inputs taken from <paramref name="draws"/>[k] (or from <see cref="Generator"/> when null).
+    /// k's random inputs taken from <paramref name="draws"/>[k] (or from <see cref="FlowTrainer.Generator"/> when null).
     /// </summary>
     /// <exception cref="ArgumentException">The counts differ, or a draw does not fit its micro-batch.</exception>
     public TrainingProgress TrainStep(IReadOnlyList<DistillationBatch> microBatches, IReadOnlyList<FlowMatchingDraws>? draws = null)
     {
-        ArgumentNullException.ThrowIfNull(microBatches);
-        if (draws is not null && draws.Count != microBatches.Count)
-            throw new ArgumentException($"{draws.Count} sets of draws for {microBatches.Count} micro-batches.", nameof(draws));
-        return _core.RunStep(microBatches, Compute(draws), 0);
+        RequireDrawsPerMicroBatch(microBatches, draws);
+        return Core.RunStep(microBatches, Compute(draws), 0);
     }
 
     /// <summary>
-    /// Trains until <see cref="Step"/> reaches <paramref name="totalSteps"/>, drawing the batch of step s from
+    /// Trains until <see cref="FlowTrainer.Step"/> reaches <paramref name="totalSteps"/>, drawing the batch of step s from
     /// <paramref name="data"/>; checkpoints, cancellation and resume behave as in <see cref="MdtDistiller.Train"/>.
     /// </summary>
     /// <returns>The report of the last step, or null if no step was run.</returns>
     public TrainingProgress? Train(IDistillationDataSource data, long totalSteps, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        _core.Train(data, totalSteps, Compute(null), progress is null ? null : progress.Report, cancellationToken);
+        Core.Train(data, totalSteps, Compute(null), progress is null ? null : progress.Report, cancellationToken);
 
     private Func<int, DistillationBatch, ObjectiveResult> Compute(IReadOnlyList<FlowMatchingDraws>? draws) => (k, mb) =>
     {
-        var terms = Loss(mb, draws?[k] ?? Draw(mb, _core.Generator));
+        var terms = Loss(mb, draws?[k] ?? Draw(mb, Core.Generator));
         return new ObjectiveResult(terms.Loss, terms.PerSample, terms.T, new[] { ("mse", terms.Loss) });
     };
-
-    /// <summary>Writes a resumable checkpoint (same layout and guarantees as <see cref="MdtDistiller.SaveCheckpoint"/>; the model is stored as <c>student.safetensors</c>; a collective in data-parallel runs).</summary>
-    public string SaveCheckpoint(string directory) => _core.SaveCheckpoint(directory);
-
-    /// <summary>Restores the state saved by <see cref="SaveCheckpoint"/>.</summary>
-    /// <exception cref="InvalidDataException">The checkpoint is incomplete, corrupt, or from an incompatible configuration.</exception>
-    public void LoadCheckpoint(string checkpoint) => _core.LoadCheckpoint(checkpoint);
-
-    /// <summary>Loads the newest complete checkpoint under <paramref name="directory"/> (the configured folder when null). Returns false if there is none.</summary>
-    public bool TryResume(string? directory = null) => _core.TryResume(directory);
-
-    /// <summary>Releases the optimizer, EMA copies, master weights and the generator (not the model).</summary>
-    public void Dispose() => _core.Dispose();
 }

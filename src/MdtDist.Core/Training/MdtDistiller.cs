@@ -1,7 +1,6 @@
 using MdtDist.Core.Distillation;
 using MdtDist.Core.Flow;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -20,7 +19,7 @@ namespace MdtDist.Core.Training;
 /// </para>
 /// <para>
 /// A step whose loss or gradients are not finite changes no weight (no optimizer step, no clipping statistics), is
-/// counted in <see cref="SkippedSteps"/>, logged as a warning, and the run continues; the EMA still moves toward the
+/// counted in <see cref="FlowTrainer.SkippedSteps"/>, logged as a warning, and the run continues; the EMA still moves toward the
 /// unchanged weights, as in TRELLIS (<see cref="TrainingOptions.EmaOnSkippedStep"/>).
 /// </para>
 /// <para>
@@ -29,9 +28,8 @@ namespace MdtDist.Core.Training;
 /// drives it one step at a time with given micro-batches and draws.
 /// </para>
 /// </summary>
-public sealed class MdtDistiller : IDisposable
+public sealed class MdtDistiller : FlowTrainer
 {
-    private readonly TrainerCore _core;
 
     /// <summary>Creates a distiller for an already initialised student.</summary>
     /// <param name="teacher">The frozen teacher (any flow model: a network, an analytic field, a guided wrapper).</param>
@@ -41,17 +39,26 @@ public sealed class MdtDistiller : IDisposable
     /// <param name="logger">Receives step summaries and warnings (none when null).</param>
     /// <exception cref="ArgumentException">An option is out of range or the student has no trainable parameters.</exception>
     public MdtDistiller(IFlowModel teacher, IFlowNetwork student, MdtDistObjective objective, MdtDistillerOptions? options = null, ILogger? logger = null)
+        : base(Checked(teacher, student, objective, options ??= new MdtDistillerOptions()), options, logger, "student")
     {
-        Teacher = teacher ?? throw new ArgumentNullException(nameof(teacher));
-        Student = student ?? throw new ArgumentNullException(nameof(student));
-        Objective = objective ?? throw new ArgumentNullException(nameof(objective));
-        Options = options ?? new MdtDistillerOptions();
-        TrainerCore.Validate(Options);
+        Teacher = teacher;
+        Student = student;
+        Objective = objective;
+        Options = options;
+    }
+
+    /// <summary>The student, once the arguments are checked (before the training state is built).</summary>
+    private static IFlowNetwork Checked(IFlowModel teacher, IFlowNetwork student, MdtDistObjective objective, MdtDistillerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(teacher);
+        ArgumentNullException.ThrowIfNull(student);
+        ArgumentNullException.ThrowIfNull(objective);
+        TrainerCore.Validate(options);
         if (ReferenceEquals(teacher, student)) throw new ArgumentException("the teacher and the student must be different objects.", nameof(student));
         var trainable = student.Module.parameters().Where(p => p.requires_grad).ToList();
         if (teacher is IFlowNetwork tn && trainable.Any(mp => tn.Module.parameters().Any(tp => tp.Handle == mp.Handle)))
             throw new ArgumentException("the teacher and the student share parameters; create the student with FromTeacher or a separate instance.", nameof(student));
-        _core = new TrainerCore(student, Options, logger ?? NullLogger.Instance, "student");
+        return student;
     }
 
     /// <summary>
@@ -95,44 +102,14 @@ public sealed class MdtDistiller : IDisposable
     /// <summary>The settings.</summary>
     public MdtDistillerOptions Options { get; }
 
-    /// <summary>The gradient clipper, or null.</summary>
-    public AdaptiveGradClipper? GradClipper => _core.GradClipper;
-
-    /// <summary>Completed steps (skipped ones included).</summary>
-    public long Step => _core.Step;
-
-    /// <summary>Steps whose update was skipped because the loss or a gradient was not finite.</summary>
-    public long SkippedSteps => _core.SkippedSteps;
-
-    /// <summary>log2 of the current loss scale (0 unless loss scaling is in use; see <see cref="LossScaling"/>).</summary>
-    public double LogLossScale => _core.LogLossScale;
-
     /// <summary>The EMA rates.</summary>
     public IReadOnlyList<double> EmaRates => Options.EmaRates;
 
-    /// <summary>The optimizer's weights (the student's parameters, or their master copies), in the student's parameter order.</summary>
-    public IReadOnlyList<Parameter> MasterParameters => _core.MasterParameters;
-
-    /// <summary>The distiller's random generator (the objective's draws; its state is checkpointed).</summary>
-    public Generator Generator => _core.Generator;
-
-    /// <summary>Seconds spent averaging gradients over ranks so far (0 in a single process).</summary>
-    public double AllReduceSeconds => _core.AllReduceSeconds;
-
-    /// <summary>
-    /// The EMA weights of rate <see cref="EmaRates"/>[<paramref name="index"/>] by parameter name (live tensors: read, do
-    /// not modify).
-    /// </summary>
-    public IReadOnlyDictionary<string, Tensor> EmaParameters(int index = 0) => _core.EmaParameters(index);
-
-    /// <summary>Loads the EMA weights of rate index <paramref name="index"/> (and the student's buffers) into <paramref name="target"/>, a module of the student's architecture.</summary>
-    public void CopyEmaTo(nn.Module target, int index = 0) => _core.CopyEmaTo(target, index);
-
     /// <summary>
     /// Runs one optimisation step on <paramref name="batch"/> (split into <see cref="TrainingOptions.BatchSplit"/>
-    /// micro-batches, draws from <see cref="Generator"/>) and returns its report.
+    /// micro-batches, draws from <see cref="FlowTrainer.Generator"/>) and returns its report.
     /// </summary>
-    public DistillationProgress TrainStep(DistillationBatch batch) => ToReport(_core.RunStep(_core.Split(batch), Compute(null), 0));
+    public DistillationProgress TrainStep(DistillationBatch batch) => ToReport(Core.RunStep(Core.Split(batch), Compute(null), 0));
 
     /// <summary>
     /// Runs one optimisation step on the given micro-batches — the same update as <see cref="Train"/> — with the
@@ -141,18 +118,16 @@ public sealed class MdtDistiller : IDisposable
     /// pinned draws.
     /// </summary>
     /// <param name="microBatches">The K micro-batches of the step (each one's loss is divided by K).</param>
-    /// <param name="draws">One set of draws per micro-batch, or null to draw from <see cref="Generator"/>.</param>
+    /// <param name="draws">One set of draws per micro-batch, or null to draw from <see cref="FlowTrainer.Generator"/>.</param>
     /// <exception cref="ArgumentException">The counts differ, or a draw does not fit its micro-batch.</exception>
     public DistillationProgress TrainStep(IReadOnlyList<DistillationBatch> microBatches, IReadOnlyList<MdtDistDraws>? draws = null)
     {
-        ArgumentNullException.ThrowIfNull(microBatches);
-        if (draws is not null && draws.Count != microBatches.Count)
-            throw new ArgumentException($"{draws.Count} sets of draws for {microBatches.Count} micro-batches.", nameof(draws));
-        return ToReport(_core.RunStep(microBatches, Compute(draws), 0));
+        RequireDrawsPerMicroBatch(microBatches, draws);
+        return ToReport(Core.RunStep(microBatches, Compute(draws), 0));
     }
 
     /// <summary>
-    /// Trains until <see cref="Step"/> reaches <paramref name="totalSteps"/>, drawing the batch of step s from
+    /// Trains until <see cref="FlowTrainer.Step"/> reaches <paramref name="totalSteps"/>, drawing the batch of step s from
     /// <paramref name="data"/>. Writes checkpoints as configured. On cancellation a checkpoint is written (when a
     /// checkpoint folder is configured) and <see cref="OperationCanceledException"/> is thrown; resuming from it
     /// continues the run exactly.
@@ -160,14 +135,14 @@ public sealed class MdtDistiller : IDisposable
     /// <returns>The report of the last step, or null if no step was run.</returns>
     public DistillationProgress? Train(IDistillationDataSource data, long totalSteps, IProgress<DistillationProgress>? progress = null, CancellationToken cancellationToken = default)
     {
-        var last = _core.Train(data, totalSteps, Compute(null), progress is null ? null : p => progress.Report(ToReport(p)), cancellationToken);
+        var last = Core.Train(data, totalSteps, Compute(null), progress is null ? null : p => progress.Report(ToReport(p)), cancellationToken);
         return last is null ? null : ToReport(last);
     }
 
     private Func<int, DistillationBatch, ObjectiveResult> Compute(IReadOnlyList<MdtDistDraws>? draws) => (k, mb) =>
     {
         var terms = draws is null
-            ? Objective.Compute(Student, Teacher, mb.X0, mb.Condition, _core.Generator, mb.NegativeCondition)
+            ? Objective.Compute(Student, Teacher, mb.X0, mb.Condition, Core.Generator, mb.NegativeCondition)
             : Objective.Compute(Student, Teacher, mb.X0, mb.Condition, draws[k], mb.NegativeCondition);
         var parts = new List<(string, Tensor)>(2);
         if (terms.LossVm is { } vm) parts.Add(("vm", vm));
@@ -178,31 +153,4 @@ public sealed class MdtDistiller : IDisposable
     private static DistillationProgress ToReport(TrainingProgress p) =>
         new(p.Step, p.TotalSteps, p.Loss, p.LossTerms.TryGetValue("vm", out var vm) ? vm : null, p.LossTerms.TryGetValue("vd", out var vd) ? vd : null,
             p.GradNorm, p.ClipMaxNorm, p.Skipped, p.SkippedSteps, p.TimeBinLoss, p.Elapsed) { LogLossScale = p.LogLossScale };
-
-    /// <summary>The learning rate of the next step.</summary>
-    public double CurrentLearningRate => _core.CurrentLearningRate;
-
-    /// <summary>Releases the optimizer, EMA copies, master weights and the generator (not the networks).</summary>
-    public void Dispose() => _core.Dispose();
-
-    /// <summary>Test hook: called after each checkpoint file is written (before the manifest); throwing simulates a crash.</summary>
-    internal Action<string>? CheckpointFileWritten { get => _core.CheckpointFileWritten; set => _core.CheckpointFileWritten = value; }
-
-    /// <summary>
-    /// Writes a checkpoint of everything a resume needs (student, master weights, EMA copies, AdamW state, clipper
-    /// statistics, generator state, loss scale, step counters) as the folder <c>step-NNNNNNNNN</c> under
-    /// <paramref name="directory"/>. The files are written into a hidden temporary folder, a manifest with their
-    /// sizes and SHA-256 hashes is written last, and the folder is then renamed into place, so a crash at any point
-    /// leaves every earlier checkpoint intact and never exposes a partial one. Older checkpoints beyond
-    /// <see cref="TrainingOptions.KeepCheckpoints"/> are deleted afterwards. In data-parallel runs this is a collective: every rank calls it, only rank 0 writes.
-    /// </summary>
-    /// <returns>The checkpoint folder.</returns>
-    public string SaveCheckpoint(string directory) => _core.SaveCheckpoint(directory);
-
-    /// <summary>Restores the state saved by <see cref="SaveCheckpoint"/> from the checkpoint folder <paramref name="checkpoint"/>.</summary>
-    /// <exception cref="InvalidDataException">The checkpoint is incomplete, corrupt, or from an incompatible configuration (including another world size).</exception>
-    public void LoadCheckpoint(string checkpoint) => _core.LoadCheckpoint(checkpoint);
-
-    /// <summary>Loads the newest complete checkpoint under <paramref name="directory"/> (the configured folder when null). Returns false if there is none.</summary>
-    public bool TryResume(string? directory = null) => _core.TryResume(directory);
 }

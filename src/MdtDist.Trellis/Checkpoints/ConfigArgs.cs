@@ -26,6 +26,15 @@ internal sealed class ConfigArgs
     {
     }
 
+    /// <summary>
+    /// Reads <paramref name="args"/> with every key reported as <paramref name="prefix"/> + name (e.g. <c>trainer.args.</c>),
+    /// for config sections that are not a model's constructor arguments; read the problems with <see cref="Problems"/>.
+    /// </summary>
+    public ConfigArgs(string className, JsonObject? args, string prefix)
+        : this(className, args, prefix, false, new List<string>())
+    {
+    }
+
     private ConfigArgs(string className, JsonObject? args, string prefix, bool ignoreUnknown, List<string> errors)
     {
         _className = className;
@@ -119,6 +128,45 @@ internal sealed class ConfigArgs
 
     private static string ReadString(JsonElement e) => e.ValueKind == JsonValueKind.String ? e.GetString()! : throw new FormatException();
 
+    /// <summary>An optional finite number in [<paramref name="min"/>, <paramref name="max"/>] (the default, unchecked, when absent or null).</summary>
+    public double Double(string name, double dflt, double min, double max)
+    {
+        if (Get(name, false) is null) return dflt;
+        var v = Double(name, dflt);
+        if (v >= min && v <= max) return v;
+        _errors.Add($"argument '{Key(name)}' = {v.ToString(System.Globalization.CultureInfo.InvariantCulture)} is not in [{min.ToString(System.Globalization.CultureInfo.InvariantCulture)}, {max.ToString(System.Globalization.CultureInfo.InvariantCulture)}]");
+        return dflt;
+    }
+
+    /// <summary>An optional integer in [<paramref name="min"/>, <paramref name="max"/>] (the default, unchecked, when absent or null).</summary>
+    public long Int(string name, long dflt, long min, long max)
+    {
+        if (Get(name, false) is null) return dflt;
+        var v = Int(name, dflt);
+        if (v >= min && v <= max) return v;
+        _errors.Add(max == long.MaxValue ? $"argument '{Key(name)}' = {v} is not >= {min}" : $"argument '{Key(name)}' = {v} is not in [{min}, {max}]");
+        return dflt;
+    }
+
+    /// <summary>An optional list of finite numbers (null or absent: null).</summary>
+    public double[]? DoubleListOrNull(string name) => Get(name, false) is { } n
+        ? Convert<double[]?>(name, n, e => e.ValueKind == JsonValueKind.Array ? e.EnumerateArray().Select(ReadDouble).ToArray() : throw new FormatException(),
+            "a list of finite numbers", null)
+        : null;
+
+    /// <summary>Whether the argument is present (null counts as present); does not mark it as read.</summary>
+    public bool Has(string name) => _args.ContainsKey(name);
+
+    /// <summary>The raw value of an argument of a shape the typed readers do not cover (marks it as read; null when absent).</summary>
+    public JsonNode? Raw(string name)
+    {
+        _used.Add(name);
+        return _args.TryGetPropertyValue(name, out var node) ? node : null;
+    }
+
+    /// <summary>The JSON text of a value for a message (shortened).</summary>
+    public static string Show(JsonNode? node) => node is null ? "null" : Shorten(node.ToJsonString());
+
     /// <summary>A required list of integers.</summary>
     public long[] IntList(string name) => Get(name, true) is { } n ? ReadList(name, n) : Array.Empty<long>();
 
@@ -165,13 +213,20 @@ internal sealed class ConfigArgs
         foreach (var c in _children) c.CollectUnknown(unknown);
     }
 
-    /// <summary>Throws one <see cref="ArgumentException"/> naming every bad, missing and unknown argument.</summary>
-    public void Finish()
+    /// <summary>Every bad, missing and unknown argument so far (unknown ones: those not read yet).</summary>
+    public IReadOnlyList<string> Problems()
     {
         var unknown = new List<string>();
         CollectUnknown(unknown);
         var all = new List<string>(_errors);
         if (unknown.Count > 0) all.Add($"unknown argument(s) {string.Join(", ", unknown.Select(u => $"'{u}'"))}");
+        return all;
+    }
+
+    /// <summary>Throws one <see cref="ArgumentException"/> naming every bad, missing and unknown argument.</summary>
+    public void Finish()
+    {
+        var all = Problems();
         if (all.Count > 0)
             throw new ArgumentException($"invalid {_className} config: {string.Join("; ", all)}.", "args");
     }

@@ -238,6 +238,10 @@ public static class TrellisCheckpoint
         {
             throw new InvalidDataException($"TRELLIS checkpoint config '{json}': {e.Message}", e);
         }
+        catch (NotSupportedException e)
+        {
+            throw new NotSupportedException($"TRELLIS checkpoint config '{json}': {e.Message}", e);
+        }
         var model = builder((JsonObject)config.Args.DeepClone(), dtype, device);
         try
         {

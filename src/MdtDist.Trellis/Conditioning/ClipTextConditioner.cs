@@ -1,3 +1,4 @@
+using MdtDist.Trellis.Pipeline;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -109,20 +110,8 @@ public sealed class ClipTextConditioner : ITrellisConditioner<IReadOnlyList<stri
     /// <exception cref="InvalidDataException">pipeline.json has no string <c>text_cond_model</c>.</exception>
     public static ClipTextConditioner FromPipelineFolder(string pipelineFolder, ScalarType dtype = ScalarType.Float32, Device? device = null)
     {
-        var pj = Path.Combine(pipelineFolder, "pipeline.json");
-        if (!File.Exists(pj)) throw new FileNotFoundException($"'{pipelineFolder}' is not a TRELLIS model folder: '{pj}' does not exist.", pj);
-        string? name = null;
-        try
-        {
-            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(pj));
-            var root = doc.RootElement;
-            var args = root.ValueKind == System.Text.Json.JsonValueKind.Object && root.TryGetProperty("args", out var a) ? a : root;
-            if (args.ValueKind == System.Text.Json.JsonValueKind.Object && args.TryGetProperty("text_cond_model", out var t) && t.ValueKind == System.Text.Json.JsonValueKind.String)
-                name = t.GetString();
-        }
-        catch (System.Text.Json.JsonException e) { throw new InvalidDataException($"'{pj}' is not valid JSON: {e.Message}", e); }
-        if (string.IsNullOrWhiteSpace(name))
-            throw new InvalidDataException($"'{pj}' has no string \"text_cond_model\" (a TRELLIS-text pipeline names its CLIP model there, e.g. \"{TrellisTextModel}\").");
+        var name = TrellisPipelineConfig.ReadFolder(pipelineFolder, requireModels: false).TextConditionModel
+            ?? throw new InvalidDataException($"'{Path.Combine(pipelineFolder, "pipeline.json")}' has no string \"text_cond_model\" (a TRELLIS-text pipeline names its CLIP model there, e.g. \"{TrellisTextModel}\").");
         return FromFolder(Locate(name, pipelineFolder), dtype, device);
     }
 

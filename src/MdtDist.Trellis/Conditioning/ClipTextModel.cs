@@ -8,7 +8,6 @@ using MdtDist.Trellis.Modules;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace MdtDist.Trellis.Conditioning;
 
@@ -342,7 +341,7 @@ internal sealed class ClipEncoderLayer : nn.Module<Tensor, Tensor>
 #pragma warning disable IDE1006
     private readonly ClipAttention self_attn;
     private readonly LayerNorm32 layer_norm1;
-    private readonly ClipMlp mlp;
+    private readonly Fc1Fc2Mlp mlp;
     private readonly LayerNorm32 layer_norm2;
 #pragma warning restore IDE1006
 
@@ -350,7 +349,7 @@ internal sealed class ClipEncoderLayer : nn.Module<Tensor, Tensor>
     {
         self_attn = new ClipAttention(c, dtype, device);
         layer_norm1 = new LayerNorm32(c.HiddenSize, elementwiseAffine: true, c.LayerNormEps, dtype, device);
-        mlp = new ClipMlp(c, dtype, device);
+        mlp = new Fc1Fc2Mlp(c.HiddenSize, c.IntermediateSize, quickGelu: c.HiddenAct == "quick_gelu", dtype, device);
         layer_norm2 = new LayerNorm32(c.HiddenSize, elementwiseAffine: true, c.LayerNormEps, dtype, device);
         RegisterComponents();
     }
@@ -398,31 +397,5 @@ internal sealed class ClipAttention : nn.Module<Tensor, Tensor>
         var v = v_proj.forward(x).view(b, t, _heads, c / _heads);
         var o = DenseAttention.Compute(q, k, v, Backend, causal: true).reshape(b, t, c);
         return out_proj.forward(o).MoveToOuterDisposeScope();
-    }
-}
-
-/// <summary>transformers' <c>CLIPMLP</c>: fc1 → activation (quick-GELU x·σ(1.702x) for CLIP) → fc2.</summary>
-internal sealed class ClipMlp : nn.Module<Tensor, Tensor>
-{
-#pragma warning disable IDE1006
-    private readonly Linear fc1;
-    private readonly Linear fc2;
-#pragma warning restore IDE1006
-    private readonly bool _quick;
-
-    public ClipMlp(ClipTextConfig c, ScalarType dtype, Device? device) : base(nameof(ClipMlp))
-    {
-        fc1 = nn.Linear(c.HiddenSize, c.IntermediateSize, device: device, dtype: dtype);
-        fc2 = nn.Linear(c.IntermediateSize, c.HiddenSize, device: device, dtype: dtype);
-        _quick = c.HiddenAct == "quick_gelu";
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x)
-    {
-        using var scope = torch.NewDisposeScope();
-        var h = fc1.forward(x);
-        h = _quick ? h * torch.sigmoid(1.702 * h) : F.gelu(h);
-        return fc2.forward(h).MoveToOuterDisposeScope();
     }
 }

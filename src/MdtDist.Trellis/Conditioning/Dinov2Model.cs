@@ -223,28 +223,6 @@ internal sealed class Dinov2Attention : nn.Module<Tensor, Tensor>
     }
 }
 
-/// <summary>DINOv2's <c>Mlp</c>: <c>fc1</c> → exact (erf) GELU → <c>fc2</c>.</summary>
-internal sealed class Dinov2Mlp : nn.Module<Tensor, Tensor>
-{
-#pragma warning disable IDE1006
-    private readonly Linear fc1;
-    private readonly Linear fc2;
-#pragma warning restore IDE1006
-
-    public Dinov2Mlp(long dim, long hidden, ScalarType dtype, Device? device) : base("Mlp")
-    {
-        fc1 = nn.Linear(dim, hidden, dtype: dtype, device: device);
-        fc2 = nn.Linear(hidden, dim, dtype: dtype, device: device);
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x)
-    {
-        using var scope = torch.NewDisposeScope();
-        return fc2.forward(F.gelu(fc1.forward(x))).MoveToOuterDisposeScope();
-    }
-}
-
 /// <summary>DINOv2's <c>Block</c>: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))); LayerNorm eps 1e-6.</summary>
 internal sealed class Dinov2Block : nn.Module<Tensor, Tensor>
 {
@@ -253,7 +231,7 @@ internal sealed class Dinov2Block : nn.Module<Tensor, Tensor>
     private readonly Dinov2Attention attn;
     private readonly Dinov2LayerScale ls1;
     private readonly LayerNorm norm2;
-    private readonly Dinov2Mlp mlp;
+    private readonly Fc1Fc2Mlp mlp;
     private readonly Dinov2LayerScale ls2;
 #pragma warning restore IDE1006
 
@@ -263,7 +241,7 @@ internal sealed class Dinov2Block : nn.Module<Tensor, Tensor>
         attn = new Dinov2Attention(dim, heads, dtype, device);
         ls1 = new Dinov2LayerScale(dim, dtype, device);
         norm2 = nn.LayerNorm(dim, eps: 1e-6, dtype: dtype, device: device);
-        mlp = new Dinov2Mlp(dim, hidden, dtype, device);
+        mlp = new Fc1Fc2Mlp(dim, hidden, quickGelu: false, dtype, device);
         ls2 = new Dinov2LayerScale(dim, dtype, device);
         RegisterComponents();
     }

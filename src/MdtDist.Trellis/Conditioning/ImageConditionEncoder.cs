@@ -1,5 +1,6 @@
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
+using MdtDist.Trellis.Pipeline;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -50,21 +51,8 @@ public sealed class ImageConditionEncoder : IDisposable, ITrellisConditioner<str
     public static ImageConditionEncoder FromModelFolder(string modelFolder, string? checkpointPath = null, ScalarType dtype = ScalarType.Float32,
         Device? device = null, ImagePreprocessOptions? options = null)
     {
-        var pj = Path.Combine(modelFolder, "pipeline.json");
-        if (!File.Exists(pj)) throw new FileNotFoundException($"'{modelFolder}' is not a TRELLIS model folder: '{pj}' does not exist.", pj);
-        string name;
-        try
-        {
-            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(pj));
-            var root = doc.RootElement;
-            var args = root.TryGetProperty("args", out var a) ? a : root;
-            name = args.TryGetProperty("image_cond_model", out var n) && n.GetString() is { Length: > 0 } s ? s
-                : throw new InvalidDataException($"'{pj}' names no \"image_cond_model\" (is it an image-conditioned TRELLIS model?).");
-        }
-        catch (System.Text.Json.JsonException e)
-        {
-            throw new InvalidDataException($"'{pj}' is not valid JSON: {e.Message}", e);
-        }
+        var name = TrellisPipelineConfig.ReadFolder(modelFolder, requireModels: false).ImageConditionModel
+            ?? throw new InvalidDataException($"'{Path.Combine(modelFolder, "pipeline.json")}' names no \"image_cond_model\" (is it an image-conditioned TRELLIS model?).");
         return Load(name, checkpointPath, dtype, device, options, modelFolder);
     }
 

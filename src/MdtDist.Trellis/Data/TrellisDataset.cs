@@ -2,6 +2,8 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using MdtDist.Core.IO;
+using MdtDist.Trellis.Checkpoints;
+using MdtDist.Trellis.Pipeline;
 using Microsoft.VisualBasic.FileIO;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -52,11 +54,8 @@ public sealed record TrellisDatasetOptions
     /// <summary><c>max_num_voxels</c> (structured latents only; TRELLIS's default 32768).</summary>
     public long MaxNumVoxels { get; init; } = 32768;
 
-    /// <summary><c>normalization.mean</c> (per channel), or null for none.</summary>
-    public IReadOnlyList<double>? NormalizationMean { get; init; }
-
-    /// <summary><c>normalization.std</c> (per channel), or null for none.</summary>
-    public IReadOnlyList<double>? NormalizationStd { get; init; }
+    /// <summary><c>normalization</c> (per-channel mean and std applied to every latent served), or null for none.</summary>
+    public SLatNormalization? Normalization { get; init; }
 
     /// <summary><c>image_size</c> of the condition images (518).</summary>
     public int ImageSize { get; init; } = 518;
@@ -78,7 +77,6 @@ public sealed record TrellisDatasetOptions
     /// problem is named with <paramref name="source"/> and the key.</exception>
     public static TrellisDatasetOptions FromConfig(string name, JsonObject? args, string source, out IReadOnlyList<string> ignored)
     {
-        var errors = new List<string>();
         var ign = new List<string>();
         (TrellisLatentKind kind, TrellisConditionKind cond) = name switch
         {
@@ -90,53 +88,37 @@ public sealed record TrellisDatasetOptions
             "TextConditionedSLat" => (TrellisLatentKind.StructuredLatent, TrellisConditionKind.Text),
             _ => throw new InvalidDataException($"{source}: dataset.name \"{name}\" is not supported (supported: {string.Join(", ", KnownClasses)})."),
         };
-        args ??= new JsonObject();
-        string? latentModel = null;
-        var o = new TrellisDatasetOptions { Kind = kind, LatentModel = "", Condition = cond };
-        foreach (var (key, value) in args)
+        var a = new ConfigArgs(name, args, "dataset.args.");
+        var o = new TrellisDatasetOptions
         {
-            switch (key)
-            {
-                case "latent_model":
-                    if (value is JsonValue lv && lv.GetValueKind() == JsonValueKind.String) latentModel = lv.GetValue<string>();
-                    else errors.Add($"dataset.args.latent_model must be a string, found {value?.ToJsonString() ?? "null"}");
-                    break;
-                case "min_aesthetic_score":
-                    if (Json.Number(value) is double a) o = o with { MinAestheticScore = a };
-                    else errors.Add($"dataset.args.min_aesthetic_score must be a number, found {value?.ToJsonString() ?? "null"}");
-                    break;
-                case "max_num_voxels" when kind == TrellisLatentKind.StructuredLatent:
-                    if (Json.Number(value) is double m && m >= 1 && m == Math.Floor(m)) o = o with { MaxNumVoxels = (long)m };
-                    else errors.Add($"dataset.args.max_num_voxels must be a positive integer, found {value?.ToJsonString() ?? "null"}");
-                    break;
-                case "image_size" when cond == TrellisConditionKind.Image:
-                    if (Json.Number(value) is double s && s >= 14 && s <= 4096 && s == Math.Floor(s)) o = o with { ImageSize = (int)s };
-                    else errors.Add($"dataset.args.image_size must be an integer in [14, 4096], found {value?.ToJsonString() ?? "null"}");
-                    break;
-                case "normalization":
-                    if (value is null) break;
-                    if (value is JsonObject n && Json.Numbers(n["mean"]) is { } mean && Json.Numbers(n["std"]) is { } std && mean.Length == std.Length && mean.Length > 0 && n.Count == 2)
-                    {
-                        if (std.Any(x => !(x > 0) || !double.IsFinite(x)) || mean.Any(x => !double.IsFinite(x)))
-                            errors.Add("dataset.args.normalization.std must be positive and finite, mean finite");
-                        else o = o with { NormalizationMean = mean, NormalizationStd = std };
-                    }
-                    else errors.Add($"dataset.args.normalization must be {{\"mean\": [..], \"std\": [..]}} of equal length, found {value.ToJsonString()}");
-                    break;
-                case "pretrained_ss_dec" or "ss_dec_path" or "ss_dec_ckpt" when kind == TrellisLatentKind.SparseStructure:
-                case "pretrained_slat_dec" or "slat_dec_path" or "slat_dec_ckpt" when kind == TrellisLatentKind.StructuredLatent:
-                    ign.Add($"dataset.args.{key}");
-                    break;
-                default:
-                    errors.Add($"dataset.args.{key} is not an argument of {name} (or is not supported)");
-                    break;
-            }
+            Kind = kind, Condition = cond, LatentModel = a.String("latent_model"),
+            MinAestheticScore = a.Double("min_aesthetic_score", 5.0),
+        };
+        if (kind == TrellisLatentKind.StructuredLatent) o = o with { MaxNumVoxels = a.Int("max_num_voxels", o.MaxNumVoxels, 1, long.MaxValue) };
+        if (cond == TrellisConditionKind.Image) o = o with { ImageSize = (int)a.Int("image_size", o.ImageSize, 14, 4096) };
+        if (a.Object("normalization", required: false, ignoreUnknown: false) is { } n)
+        {
+            var mean = n.DoubleListOrNull("mean");
+            var std = n.DoubleListOrNull("std");
+            if (mean is null || std is null || mean.Length != std.Length || mean.Length == 0)
+                a.Reject("normalization", "must be {\"mean\": [..], \"std\": [..]} of equal, non-zero length");
+            else if (std.Any(x => !(x > 0)))
+                a.Reject("normalization", "std must be positive");
+            else o = o with { Normalization = new SLatNormalization(mean, std) };
         }
-        if (latentModel is null && !errors.Any(e => e.Contains("latent_model", StringComparison.Ordinal)))
-            errors.Add("dataset.args.latent_model is required");
+        // The visualisation decoders of the other stage are not this class's arguments.
+        var decoders = kind == TrellisLatentKind.SparseStructure
+            ? new[] { "pretrained_ss_dec", "ss_dec_path", "ss_dec_ckpt" }
+            : new[] { "pretrained_slat_dec", "slat_dec_path", "slat_dec_ckpt" };
+        foreach (var key in decoders.Where(a.Has))
+        {
+            a.Accept(key);
+            ign.Add($"dataset.args.{key}");
+        }
+        var errors = a.Problems();
         if (errors.Count > 0) throw new InvalidDataException($"{source}: {string.Join("; ", errors)}.");
         ignored = ign;
-        return o with { LatentModel = latentModel! };
+        return o;
     }
 }
 
@@ -312,11 +294,11 @@ public sealed class TrellisDataset
             throw new InvalidDataException($"'{path}': 'mean' must be a floating [C, R, R, R] array, found {mean.dtype} [{string.Join(", ", mean.shape)}].");
         using var scope = torch.NewDisposeScope();
         var z = mean.to(ScalarType.Float32);
-        if (Options.NormalizationMean is { } m)
+        if (Options.Normalization is { } n)
         {
-            if (m.Count != z.shape[0])
-                throw new InvalidDataException($"'{path}': 'mean' has {z.shape[0]} channels, the normalisation {m.Count}.");
-            z = (z - torch.tensor(m.ToArray(), ScalarType.Float32).reshape(-1, 1, 1, 1)) / torch.tensor(Options.NormalizationStd!.ToArray(), ScalarType.Float32).reshape(-1, 1, 1, 1);
+            if (n.Mean.Count != z.shape[0])
+                throw new InvalidDataException($"'{path}': 'mean' has {z.shape[0]} channels, the normalisation {n.Mean.Count}.");
+            z = n.Normalize(z, channelDim: 0);
         }
         return z.MoveToOuterDisposeScope();
     }
@@ -341,11 +323,11 @@ public sealed class TrellisDataset
         if (c.numel() > 0 && (c.min().item<int>() < 0 || c.max().item<int>() > 63))
             throw new InvalidDataException($"'{path}': 'coords' must lie in [0, 64) (TRELLIS's 64³ grid), found [{c.min().item<int>()}, {c.max().item<int>()}].");
         var f = feats.to(ScalarType.Float32);
-        if (Options.NormalizationMean is { } m)
+        if (Options.Normalization is { } n)
         {
-            if (m.Count != f.shape[1])
-                throw new InvalidDataException($"'{path}': 'feats' has {f.shape[1]} channels, the normalisation {m.Count}.");
-            f = (f - torch.tensor(m.ToArray(), ScalarType.Float32).reshape(1, -1)) / torch.tensor(Options.NormalizationStd!.ToArray(), ScalarType.Float32).reshape(1, -1);
+            if (n.Mean.Count != f.shape[1])
+                throw new InvalidDataException($"'{path}': 'feats' has {f.shape[1]} channels, the normalisation {n.Mean.Count}.");
+            f = n.Normalize(f, channelDim: 1);
         }
         return (c.MoveToOuterDisposeScope(), f.MoveToOuterDisposeScope());
     }
@@ -402,23 +384,4 @@ public sealed class TrellisDataset
 
     private TrellisInstance Instance(int index) =>
         index >= 0 && index < _instances.Count ? _instances[index] : throw new ArgumentOutOfRangeException(nameof(index), index, $"the dataset has {_instances.Count} instances.");
-}
-
-/// <summary>Small JSON helpers for config mapping.</summary>
-internal static class Json
-{
-    public static double? Number(JsonNode? n) =>
-        n is JsonValue v && v.GetValueKind() == JsonValueKind.Number && double.TryParse(v.ToJsonString(), NumberStyles.Float, CultureInfo.InvariantCulture, out var x) ? x : null;
-
-    public static double[]? Numbers(JsonNode? n)
-    {
-        if (n is not JsonArray a) return null;
-        var r = new double[a.Count];
-        for (int i = 0; i < a.Count; i++)
-        {
-            if (Number(a[i]) is not double x) return null;
-            r[i] = x;
-        }
-        return r;
-    }
 }

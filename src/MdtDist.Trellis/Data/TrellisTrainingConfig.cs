@@ -155,156 +155,138 @@ public sealed class TrellisTrainingConfig
             trainerName = tn.GetValue<string>();
             if (!KnownTrainers.Contains(trainerName)) errors.Add($"trainer.name \"{trainerName}\" is not an MDT-dist trainer (known: {string.Join(", ", KnownTrainers)})");
             foreach (var k in tr.Select(kv => kv.Key)) if (k is not ("name" or "args")) errors.Add($"trainer.{k} is not a trainer field (name, args)");
-            var args = tr["args"] as JsonObject ?? new JsonObject();
-            double Num(string key, JsonNode? v, double lo, double hi)
+            var a = new ConfigArgs(trainerName, tr["args"] as JsonObject, "trainer.args.");
+            // An object of an unsupported kind is reported once, as a whole (its own keys are not checked).
+            void RejectWhole(ConfigArgs part, string key, string why)
             {
-                if (Json.Number(v) is double x && x >= lo && x <= hi) return x;
-                errors.Add($"trainer.args.{key} must be a number in [{lo}, {hi}], found {v?.ToJsonString() ?? "null"}");
-                return lo;
+                part.Accept("args");
+                a.Reject(key, why);
             }
-            long Int(string key, JsonNode? v, long lo, long hi) => (long)Math.Round(Num(key, v, lo, hi));
-            bool Bool(string key, JsonNode? v)
+            maxSteps = a.Int("max_steps");
+            if (a.Has("max_steps") && (maxSteps < 1 || maxSteps > long.MaxValue / 2)) a.Reject("max_steps", $"must be in [1, {long.MaxValue / 2}], got {maxSteps}");
+            if (a.Has("batch_size_per_gpu")) perRank = (int)a.Int("batch_size_per_gpu", 1, 1, 1 << 20);
+            if (a.Has("batch_size")) global = (int)a.Int("batch_size", 1, 1, 1 << 24);
+            options = options with { BatchSplit = (int)a.Int("batch_split", options.BatchSplit, 1, 1 << 20) };
+
+            if (a.Object("optimizer", required: false, ignoreUnknown: false) is { } opt)
             {
-                if (v is JsonValue b && b.GetValueKind() is JsonValueKind.True or JsonValueKind.False) return b.GetValue<bool>();
-                errors.Add($"trainer.args.{key} must be true or false, found {v?.ToJsonString() ?? "null"}");
-                return false;
-            }
-            double Scalar(string key, JsonNode? v, double lo, double hi)
-            {
-                if (v is JsonArray) { errors.Add($"trainer.args.{key} as a list (a value drawn per step) is not supported; give one number"); return lo; }
-                return Num(key, v, lo, hi);
-            }
-            foreach (var (key, v) in args)
-            {
-                switch (key)
+                if (opt.String("name") != "AdamW")
+                    RejectWhole(opt, "optimizer", $"must be {{\"name\": \"AdamW\", \"args\": {{...}}}} (only AdamW is supported), found {ConfigArgs.Show(a.Raw("optimizer"))}");
+                else if (opt.Object("args", required: false, ignoreUnknown: false) is { } oa)
                 {
-                    case "max_steps": maxSteps = Int(key, v, 1, long.MaxValue / 2); break;
-                    case "batch_size_per_gpu": perRank = (int)Int(key, v, 1, 1 << 20); break;
-                    case "batch_size": global = (int)Int(key, v, 1, 1 << 24); break;
-                    case "batch_split": options = options with { BatchSplit = (int)Int(key, v, 1, 1 << 20) }; break;
-                    case "optimizer":
-                        if (v is JsonObject o && o["name"] is JsonValue on && on.GetValueKind() == JsonValueKind.String && on.GetValue<string>() == "AdamW")
+                    options = options with
+                    {
+                        LearningRate = oa.Double("lr", options.LearningRate, 0, 10),
+                        WeightDecay = oa.Double("weight_decay", options.WeightDecay, 0, 10),
+                        Epsilon = oa.Double("eps", options.Epsilon, 0, 1),
+                    };
+                    if (oa.DoubleListOrNull("betas") is { } betas)
+                    {
+                        if (betas.Length == 2 && betas.All(b => b >= 0 && b < 1)) options = options with { Beta1 = betas[0], Beta2 = betas[1] };
+                        else a.Reject("optimizer.args.betas", $"must be two numbers in [0, 1), found [{string.Join(", ", betas)}]");
+                    }
+                }
+                else opt.Accept("args");
+            }
+            if (a.Raw("lr_scheduler") is not null) a.Reject("lr_scheduler", "is not supported (use MdtDistillerOptions.LearningRateSchedule from code)");
+            if (a.Has("grad_clip") && a.Raw("grad_clip") is null) options = options with { Clipping = null };
+            else if (a.Object("grad_clip", required: false, ignoreUnknown: false) is { } gc)
+            {
+                if (gc.String("name") != "AdaptiveGradClipper")
+                    RejectWhole(gc, "grad_clip", $"must be null or an AdaptiveGradClipper (a fixed max-norm clip is not supported), found {ConfigArgs.Show(a.Raw("grad_clip"))}");
+                else
+                {
+                    var clip = new GradientClipping();
+                    if (gc.Object("args", required: false, ignoreUnknown: false) is { } ga)
+                    {
+                        clip = clip with
                         {
-                            foreach (var (ok, ov) in o["args"] as JsonObject ?? new JsonObject())
-                            {
-                                switch (ok)
-                                {
-                                    case "lr": options = options with { LearningRate = Num("optimizer.args.lr", ov, 0, 10) }; break;
-                                    case "weight_decay": options = options with { WeightDecay = Num("optimizer.args.weight_decay", ov, 0, 10) }; break;
-                                    case "eps": options = options with { Epsilon = Num("optimizer.args.eps", ov, 0, 1) }; break;
-                                    case "betas":
-                                        if (Json.Numbers(ov) is { Length: 2 } betas && betas.All(b => b >= 0 && b < 1)) options = options with { Beta1 = betas[0], Beta2 = betas[1] };
-                                        else errors.Add($"trainer.args.optimizer.args.betas must be two numbers in [0, 1), found {ov?.ToJsonString() ?? "null"}");
-                                        break;
-                                    default: errors.Add($"trainer.args.optimizer.args.{ok} is not supported (lr, weight_decay, eps, betas)"); break;
-                                }
-                            }
-                            foreach (var ok in o.Select(kv => kv.Key)) if (ok is not ("name" or "args")) errors.Add($"trainer.args.optimizer.{ok} is not an optimizer field");
-                        }
-                        else errors.Add($"trainer.args.optimizer must be {{\"name\": \"AdamW\", \"args\": {{...}}}} (only AdamW is supported), found {v?.ToJsonString() ?? "null"}");
-                        break;
-                    case "lr_scheduler":
-                        if (v is not null) errors.Add("trainer.args.lr_scheduler is not supported (use MdtDistillerOptions.LearningRateSchedule from code)");
-                        break;
-                    case "grad_clip":
-                        if (v is null) options = options with { Clipping = null };
-                        else if (v is JsonObject gc && gc["name"] is JsonValue gn && gn.GetValueKind() == JsonValueKind.String && gn.GetValue<string>() == "AdaptiveGradClipper")
-                        {
-                            var ga = gc["args"] as JsonObject ?? new JsonObject();
-                            var clip = new GradientClipping();
-                            foreach (var (gk, gv) in ga)
-                            {
-                                switch (gk)
-                                {
-                                    case "max_norm": clip = clip with { MaxNorm = gv is null ? null : Num("grad_clip.args.max_norm", gv, 0, 1e30) }; break;
-                                    case "clip_percentile": clip = clip with { Percentile = Num("grad_clip.args.clip_percentile", gv, 0, 100) }; break;
-                                    case "buffer_size": clip = clip with { BufferSize = (int)Int("grad_clip.args.buffer_size", gv, 1, 1 << 24) }; break;
-                                    default: errors.Add($"trainer.args.grad_clip.args.{gk} is not an AdaptiveGradClipper argument"); break;
-                                }
-                            }
-                            options = options with { Clipping = clip };
-                        }
-                        else errors.Add($"trainer.args.grad_clip must be null or an AdaptiveGradClipper (a fixed max-norm clip is not supported), found {v.ToJsonString()}");
-                        break;
-                    case "ema_rate":
-                        if (Json.Number(v) is double er && er >= 0 && er < 1) options = options with { EmaRates = new[] { er } };
-                        else if (Json.Numbers(v) is { } ers && ers.All(r => r >= 0 && r < 1)) options = options with { EmaRates = ers };
-                        else errors.Add($"trainer.args.ema_rate must be a number or a list of numbers in [0, 1), found {v?.ToJsonString() ?? "null"}");
-                        break;
-                    case "fp16_mode":
-                        if (v is JsonValue fm && fm.GetValueKind() == JsonValueKind.String && fm.GetValue<string>() == "inflat_all")
-                            options = options with { Precision = TrainingPrecision.Fp32MasterWeights };
-                        else errors.Add($"trainer.args.fp16_mode must be \"inflat_all\" (\"amp\" is not supported), found {v?.ToJsonString() ?? "null"}");
-                        break;
-                    case "fp16_scale_growth": options = options with { LossScaleGrowth = Num(key, v, 0, 1) }; break;
-                    case "finetune_ckpt":
-                        if (v is JsonObject fc)
-                            foreach (var (fk, fv) in fc)
-                            {
-                                if (fk is not ("denoiser" or "teacher")) errors.Add($"trainer.args.finetune_ckpt.{fk} names no model of this config");
-                                else if (fv is JsonValue fs && fs.GetValueKind() == JsonValueKind.String) finetune[fk] = fs.GetValue<string>();
-                                else errors.Add($"trainer.args.finetune_ckpt.{fk} must be a checkpoint path, found {fv?.ToJsonString() ?? "null"}");
-                            }
-                        else if (v is not null) errors.Add($"trainer.args.finetune_ckpt must be an object (model → checkpoint), found {v.ToJsonString()}");
-                        break;
-                    case "i_log": options = options with { LogEvery = (int)Int(key, v, 1, int.MaxValue) }; break;
-                    case "i_save": options = options with { CheckpointEvery = Int(key, v, 1, long.MaxValue / 2) }; break;
-                    case "i_sample": sampleEvery = Int(key, v, 0, long.MaxValue / 2); break;
-                    case "i_print" or "i_ddpcheck" or "prefetch_data" or "log_param_stats":
-                        ignored.Add($"trainer.args.{key} (no effect here: progress is reported through IProgress, data is read synchronously)");
-                        break;
-                    case "elastic":
-                        // null (TRELLIS's default) means no controller
-                        try { elastic = v is null ? null : LinearMemoryControllerOptions.FromConfig(v, "trainer.args.elastic"); }
-                        catch (InvalidDataException e) { errors.Add(e.Message.TrimEnd('.')); }
-                        break;
-                    case "p_uncond":
-                        if (Num(key, v, 0, 1) > 0) errors.Add("trainer.args.p_uncond > 0 (condition dropout while distilling) is not supported; MDT-dist's configs use 0");
-                        break;
-                    case "t_schedule":
-                        if (v is JsonObject ts && ts["name"] is JsonValue tsn && tsn.GetValueKind() == JsonValueKind.String && tsn.GetValue<string>() == "logitNormal")
-                        {
-                            var ta = ts["args"] as JsonObject ?? new JsonObject();
-                            double mean = 0, std = 1;
-                            foreach (var (tk, tv) in ta)
-                            {
-                                if (tk == "mean") mean = Num("t_schedule.args.mean", tv, -100, 100);
-                                else if (tk == "std") std = Num("t_schedule.args.std", tv, 1e-6, 100);
-                                else errors.Add($"trainer.args.t_schedule.args.{tk} is not a logitNormal argument (mean, std)");
-                            }
-                            settings = settings with { TimeSampler = new LogitNormalTimeSampler(mean, std) };
-                        }
-                        else errors.Add($"trainer.args.t_schedule must be {{\"name\": \"logitNormal\", \"args\": {{mean, std}}}}, found {v?.ToJsonString() ?? "null"}");
-                        break;
-                    case "sigma_min": settings = settings with { SigmaMin = Num(key, v, 0, 0.5) }; break;
-                    case "distill_type":
-                        var dt = v is JsonValue dv && dv.GetValueKind() == JsonValueKind.String ? dv.GetValue<string>() : null;
-                        switch (dt)
-                        {
-                            case "discrete": settings = settings with { Mode = DistillationMode.Discrete }; break;
-                            case "continuous": settings = settings with { Mode = DistillationMode.Continuous }; break;
-                            case "cm": settings = settings with { Mode = DistillationMode.ConsistencyModel }; break;
-                            default: errors.Add($"trainer.args.distill_type must be \"discrete\", \"continuous\" or \"cm\", found {v?.ToJsonString() ?? "null"}"); break;
-                        }
-                        break;
-                    case "distill_interval": settings = settings with { Interval = Scalar(key, v, 1e-6, 0.5) }; break;
-                    case "cfg_teacher_vm": settings = settings with { GuidanceVm = Scalar(key, v, 0, 1e4) }; break;
-                    case "cfg_teacher_vd": settings = settings with { GuidanceVd = Scalar(key, v, 0, 1e4) }; break;
-                    case "rescale_t": rescaleT = Num(key, v, 1e-6, 1e6); break;
-                    case "multiphase": settings = settings with { Multiphase = (int)Int(key, v, 1, 1000) }; break;
-                    case "lambda_vm": settings = settings with { LambdaVm = Num(key, v, 0, 1e6) }; break;
-                    case "lambda_vd": settings = settings with { LambdaVd = Num(key, v, 0, 1e6) }; break;
-                    case "d_norm": settings = settings with { DNorm = Bool(key, v) }; break;
-                    case "image_cond_model":
-                        if (v is JsonValue ic && ic.GetValueKind() == JsonValueKind.String) imageCond = ic.GetValue<string>();
-                        else errors.Add($"trainer.args.image_cond_model must be a string, found {v?.ToJsonString() ?? "null"}");
-                        break;
-                    default:
-                        errors.Add($"trainer.args.{key} is not a known MDT-dist / TRELLIS trainer argument");
-                        break;
+                            Percentile = ga.Double("clip_percentile", clip.Percentile, 0, 100),
+                            BufferSize = (int)ga.Int("buffer_size", clip.BufferSize, 1, 1 << 24),
+                        };
+                        if (ga.Has("max_norm"))
+                            clip = clip with { MaxNorm = ga.Raw("max_norm") is null ? null : ga.Double("max_norm", 0, 0, 1e30) };
+                    }
+                    options = options with { Clipping = clip };
                 }
             }
-            if (maxSteps == 0 && !args.ContainsKey("max_steps")) errors.Add("trainer.args.max_steps is required");
+            switch (a.Raw("ema_rate"))
+            {
+                case null: break;
+                case JsonArray:
+                    if (a.DoubleListOrNull("ema_rate") is { } ers && ers.All(r => r >= 0 && r < 1)) options = options with { EmaRates = ers };
+                    else a.Reject("ema_rate", "must be a number or a list of numbers in [0, 1)");
+                    break;
+                default:
+                    options = options with { EmaRates = new[] { a.Double("ema_rate", 0, 0, 1 - 1e-12) } };
+                    break;
+            }
+            if (a.Has("fp16_mode"))
+            {
+                if (a.String("fp16_mode", "") == "inflat_all") options = options with { Precision = TrainingPrecision.Fp32MasterWeights };
+                else a.Reject("fp16_mode", $"must be \"inflat_all\" (\"amp\" is not supported), found {ConfigArgs.Show(a.Raw("fp16_mode"))}");
+            }
+            options = options with { LossScaleGrowth = a.Double("fp16_scale_growth", options.LossScaleGrowth, 0, 1) };
+            if (a.Object("finetune_ckpt", required: false, ignoreUnknown: false) is { } fc)
+                foreach (var model in new[] { "denoiser", "teacher" }.Where(fc.Has))
+                    finetune[model] = fc.String(model);
+            options = options with
+            {
+                LogEvery = (int)a.Int("i_log", options.LogEvery, 1, int.MaxValue),
+                CheckpointEvery = a.Int("i_save", options.CheckpointEvery, 1, long.MaxValue / 2),
+            };
+            sampleEvery = a.Int("i_sample", 0, 0, long.MaxValue / 2);
+            foreach (var key in new[] { "i_print", "i_ddpcheck", "prefetch_data", "log_param_stats" }.Where(a.Has))
+            {
+                a.Accept(key);
+                ignored.Add($"trainer.args.{key} (no effect here: progress is reported through IProgress, data is read synchronously)");
+            }
+            if (a.Raw("elastic") is { } el)   // null (TRELLIS's default) means no controller
+            {
+                try { elastic = LinearMemoryControllerOptions.FromConfig(el, "trainer.args.elastic"); }
+                catch (InvalidDataException e) { errors.Add(e.Message.TrimEnd('.')); }
+            }
+            if (a.Double("p_uncond", 0, 0, 1) > 0) a.Reject("p_uncond", "> 0 (condition dropout while distilling) is not supported; MDT-dist's configs use 0");
+            if (a.Object("t_schedule", required: false, ignoreUnknown: false) is { } ts)
+            {
+                if (ts.String("name") != "logitNormal")
+                    RejectWhole(ts, "t_schedule", $"must be {{\"name\": \"logitNormal\", \"args\": {{mean, std}}}}, found {ConfigArgs.Show(a.Raw("t_schedule"))}");
+                else
+                {
+                    var ta = ts.Object("args", required: false, ignoreUnknown: false);
+                    double mean = ta?.Double("mean", 0, -100, 100) ?? 0, std = ta?.Double("std", 1, 1e-6, 100) ?? 1;
+                    settings = settings with { TimeSampler = new LogitNormalTimeSampler(mean, std) };
+                }
+            }
+            settings = settings with { SigmaMin = a.Double("sigma_min", settings.SigmaMin, 0, 0.5) };
+            if (a.Has("distill_type"))
+            {
+                switch (a.String("distill_type", ""))
+                {
+                    case "discrete": settings = settings with { Mode = DistillationMode.Discrete }; break;
+                    case "continuous": settings = settings with { Mode = DistillationMode.Continuous }; break;
+                    case "cm": settings = settings with { Mode = DistillationMode.ConsistencyModel }; break;
+                    default: a.Reject("distill_type", $"must be \"discrete\", \"continuous\" or \"cm\", found {ConfigArgs.Show(a.Raw("distill_type"))}"); break;
+                }
+            }
+            double Scalar(string key, double dflt, double lo, double hi)
+            {
+                if (a.Raw(key) is JsonArray) { a.Reject(key, "a list (a value drawn per step) is not supported; give one number"); return dflt; }
+                return a.Double(key, dflt, lo, hi);
+            }
+            settings = settings with
+            {
+                Interval = Scalar("distill_interval", settings.Interval, 1e-6, 0.5),
+                GuidanceVm = Scalar("cfg_teacher_vm", settings.GuidanceVm, 0, 1e4),
+                GuidanceVd = Scalar("cfg_teacher_vd", settings.GuidanceVd, 0, 1e4),
+                Multiphase = (int)a.Int("multiphase", settings.Multiphase, 1, 1000),
+                LambdaVm = a.Double("lambda_vm", settings.LambdaVm, 0, 1e6),
+                LambdaVd = a.Double("lambda_vd", settings.LambdaVd, 0, 1e6),
+                DNorm = a.Bool("d_norm", settings.DNorm),
+            };
+            rescaleT = a.Double("rescale_t", rescaleT, 1e-6, 1e6);
+            if (a.Has("image_cond_model")) imageCond = a.String("image_cond_model");
+            errors.AddRange(a.Problems());
         }
         else errors.Add("trainer must be {\"name\": string, \"args\": object}");
 

@@ -15,8 +15,12 @@ public abstract class SparseStructureVaeNetwork : nn.Module<Tensor, Tensor>, ITr
 {
     private ScalarType? _torso;
 
-    private protected SparseStructureVaeNetwork(string name) : base(name)
+    /// <summary>Checks the arguments every structure VAE network takes (config, dtype) before its layers are built.</summary>
+    private protected SparseStructureVaeNetwork(string name, SparseStructureVaeConfig config, ScalarType dtype) : base(name)
     {
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate();
+        Precision.RequireFloat(dtype, nameof(dtype));
     }
 
     private protected abstract SparseStructureVaeConfig VaeConfig { get; }
@@ -45,6 +49,41 @@ public abstract class SparseStructureVaeNetwork : nn.Module<Tensor, Tensor>, ITr
         foreach (var m in Torso.SelectMany(TorsoLayers.ConvAndLinear)) m.to(dtype);
         _torso = dtype;
     }
+
+    /// <summary>TRELLIS's <c>blocks</c>: per stage <c>num_res_blocks</c> residual blocks, then (except after the last stage) the resampling block <paramref name="resample"/> to the next stage's width.</summary>
+    private protected static ModuleList<nn.Module<Tensor, Tensor>> Stages(SparseStructureVaeConfig config, Func<long, long, nn.Module<Tensor, Tensor>> resample, ScalarType dtype, Device? device)
+    {
+        var ch = config.Channels;
+        var blocks = new ModuleList<nn.Module<Tensor, Tensor>>();
+        for (int i = 0; i < ch.Count; i++)
+        {
+            for (long j = 0; j < config.NumResBlocks; j++) blocks.Add(new ResBlock3d(ch[i], ch[i], config.NormType, dtype, device));
+            if (i < ch.Count - 1) blocks.Add(resample(ch[i], ch[i + 1]));
+        }
+        return blocks;
+    }
+
+    /// <summary>TRELLIS's <c>middle_block</c>: <c>num_res_blocks_middle</c> residual blocks of width <paramref name="channels"/>.</summary>
+    private protected static Sequential MiddleBlock(SparseStructureVaeConfig config, long channels, ScalarType dtype, Device? device) =>
+        nn.Sequential(Enumerable.Range(0, (int)config.NumResBlocksMiddle)
+            .Select(i => (i.ToString(System.Globalization.CultureInfo.InvariantCulture), (nn.Module<Tensor, Tensor>)new ResBlock3d(channels, channels, config.NormType, dtype, device))));
+
+    /// <summary>TRELLIS's <c>out_layer</c>: norm, SiLU, 3×3×3 convolution from the last stage's width to <paramref name="outChannels"/>.</summary>
+    private protected static Sequential OutLayer(SparseStructureVaeConfig config, long outChannels, ScalarType dtype, Device? device) =>
+        nn.Sequential(
+            ("0", VaeNorm.Create(config.NormType, config.Channels[^1], dtype, device)),
+            ("1", nn.SiLU()),
+            ("2", Init.Conv3d(config.Channels[^1], outChannels, 3, padding: 1, dtype: dtype, device: device)));
+
+    /// <summary>Checks that <paramref name="x"/> is <c>[B, channels, X, Y, Z]</c> in <see cref="DType"/>.</summary>
+    /// <exception cref="ArgumentException">Wrong rank, channel count or dtype.</exception>
+    private protected void RequireInput(Tensor x, long channels, string name)
+    {
+        if (x.dim() != 5 || x.shape[1] != channels)
+            throw new ArgumentException($"{name}: expected shape [B, {channels}, X, Y, Z], found {Precision.Shape(x.shape)}.", name);
+        if (x.dtype != DType)
+            throw new ArgumentException($"{name}: dtype {x.dtype} differs from the model's parameter dtype {DType}.", name);
+    }
 }
 
 /// <summary>
@@ -67,26 +106,13 @@ public sealed class SparseStructureEncoder : SparseStructureVaeNetwork
     /// <param name="device">Device (CPU by default).</param>
     /// <exception cref="ArgumentException">Invalid config or dtype.</exception>
     public SparseStructureEncoder(SparseStructureEncoderConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
-        : base(SparseStructureEncoderConfig.ClassName)
+        : base(SparseStructureEncoderConfig.ClassName, config, dtype)
     {
-        ArgumentNullException.ThrowIfNull(config);
-        config.Validate();
-        Precision.RequireFloat(dtype, nameof(dtype));
         Config = config;
-        var ch = config.Channels;
-        input_layer = Init.Conv3d(config.InChannels, ch[0], 3, padding: 1, dtype: dtype, device: device);
-        blocks = new ModuleList<nn.Module<Tensor, Tensor>>();
-        for (int i = 0; i < ch.Count; i++)
-        {
-            for (long j = 0; j < config.NumResBlocks; j++) blocks.Add(new ResBlock3d(ch[i], ch[i], config.NormType, dtype, device));
-            if (i < ch.Count - 1) blocks.Add(new DownsampleBlock3d(ch[i], ch[i + 1], "conv", dtype, device));
-        }
-        middle_block = nn.Sequential(Enumerable.Range(0, (int)config.NumResBlocksMiddle)
-            .Select(i => (i.ToString(System.Globalization.CultureInfo.InvariantCulture), (nn.Module<Tensor, Tensor>)new ResBlock3d(ch[^1], ch[^1], config.NormType, dtype, device))));
-        out_layer = nn.Sequential(
-            ("0", VaeNorm.Create(config.NormType, ch[^1], dtype, device)),
-            ("1", nn.SiLU()),
-            ("2", Init.Conv3d(ch[^1], config.LatentChannels * 2, 3, padding: 1, dtype: dtype, device: device)));
+        input_layer = Init.Conv3d(config.InChannels, config.Channels[0], 3, padding: 1, dtype: dtype, device: device);
+        blocks = Stages(config, (from, to) => new DownsampleBlock3d(from, to, "conv", dtype, device), dtype, device);
+        middle_block = MiddleBlock(config, config.Channels[^1], dtype, device);
+        out_layer = OutLayer(config, config.LatentChannels * 2, dtype, device);
         RegisterComponents();
     }
 
@@ -114,10 +140,7 @@ public sealed class SparseStructureEncoder : SparseStructureVaeNetwork
     /// <exception cref="ArgumentException">Wrong rank, channel count or dtype.</exception>
     public (Tensor Z, Tensor Mean, Tensor LogVar) Encode(Tensor x, bool samplePosterior = false, Generator? generator = null)
     {
-        if (x.dim() != 5 || x.shape[1] != Config.InChannels)
-            throw new ArgumentException($"x: expected shape [B, {Config.InChannels}, X, Y, Z], found {Precision.Shape(x.shape)}.", nameof(x));
-        if (x.dtype != DType)
-            throw new ArgumentException($"x: dtype {x.dtype} differs from the model's parameter dtype {DType}.", nameof(x));
+        RequireInput(x, Config.InChannels, nameof(x));
         using var scope = torch.NewDisposeScope();
         var h = input_layer.forward(x);
         h = h.As(TorsoDType);
@@ -159,26 +182,13 @@ public sealed class SparseStructureDecoder : SparseStructureVaeNetwork
     /// <param name="device">Device (CPU by default).</param>
     /// <exception cref="ArgumentException">Invalid config or dtype.</exception>
     public SparseStructureDecoder(SparseStructureDecoderConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
-        : base(SparseStructureDecoderConfig.ClassName)
+        : base(SparseStructureDecoderConfig.ClassName, config, dtype)
     {
-        ArgumentNullException.ThrowIfNull(config);
-        config.Validate();
-        Precision.RequireFloat(dtype, nameof(dtype));
         Config = config;
-        var ch = config.Channels;
-        input_layer = Init.Conv3d(config.LatentChannels, ch[0], 3, padding: 1, dtype: dtype, device: device);
-        middle_block = nn.Sequential(Enumerable.Range(0, (int)config.NumResBlocksMiddle)
-            .Select(i => (i.ToString(System.Globalization.CultureInfo.InvariantCulture), (nn.Module<Tensor, Tensor>)new ResBlock3d(ch[0], ch[0], config.NormType, dtype, device))));
-        blocks = new ModuleList<nn.Module<Tensor, Tensor>>();
-        for (int i = 0; i < ch.Count; i++)
-        {
-            for (long j = 0; j < config.NumResBlocks; j++) blocks.Add(new ResBlock3d(ch[i], ch[i], config.NormType, dtype, device));
-            if (i < ch.Count - 1) blocks.Add(new UpsampleBlock3d(ch[i], ch[i + 1], "conv", dtype, device));
-        }
-        out_layer = nn.Sequential(
-            ("0", VaeNorm.Create(config.NormType, ch[^1], dtype, device)),
-            ("1", nn.SiLU()),
-            ("2", Init.Conv3d(ch[^1], config.OutChannels, 3, padding: 1, dtype: dtype, device: device)));
+        input_layer = Init.Conv3d(config.LatentChannels, config.Channels[0], 3, padding: 1, dtype: dtype, device: device);
+        middle_block = MiddleBlock(config, config.Channels[0], dtype, device);
+        blocks = Stages(config, (from, to) => new UpsampleBlock3d(from, to, "conv", dtype, device), dtype, device);
+        out_layer = OutLayer(config, config.OutChannels, dtype, device);
         RegisterComponents();
     }
 
@@ -195,10 +205,7 @@ public sealed class SparseStructureDecoder : SparseStructureVaeNetwork
     /// <exception cref="ArgumentException">Wrong rank, channel count or dtype.</exception>
     public override Tensor forward(Tensor z)
     {
-        if (z.dim() != 5 || z.shape[1] != Config.LatentChannels)
-            throw new ArgumentException($"z: expected shape [B, {Config.LatentChannels}, X, Y, Z], found {Precision.Shape(z.shape)}.", nameof(z));
-        if (z.dtype != DType)
-            throw new ArgumentException($"z: dtype {z.dtype} differs from the model's parameter dtype {DType}.", nameof(z));
+        RequireInput(z, Config.LatentChannels, nameof(z));
         using var scope = torch.NewDisposeScope();
         var h = input_layer.forward(z);
         h = h.As(TorsoDType);

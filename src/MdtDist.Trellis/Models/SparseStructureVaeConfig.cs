@@ -69,10 +69,14 @@ public abstract record SparseStructureVaeConfig
         };
     }
 
-    /// <summary>Reads the shared arguments into <paramref name="config"/> and reports every problem of <paramref name="a"/>.</summary>
-    private protected static T ReadCommon<T>(ConfigArgs a, T config) where T : SparseStructureVaeConfig
+    /// <summary>
+    /// Reads the <c>args</c> of TRELLIS class <paramref name="className"/>: the class's own channel argument
+    /// <paramref name="ownKey"/> (handed to <paramref name="create"/>) and the shared ones; reports every problem at once.
+    /// </summary>
+    private protected static T Read<T>(string className, JsonObject? args, string ownKey, Func<long, T> create) where T : SparseStructureVaeConfig
     {
-        var c = config with
+        var a = new ConfigArgs(className, args);
+        var c = create(a.Int(ownKey)) with
         {
             LatentChannels = a.Int("latent_channels"),
             NumResBlocks = a.Int("num_res_blocks"),
@@ -101,18 +105,13 @@ public sealed record SparseStructureEncoderConfig : SparseStructureVaeConfig
     private protected override (string Key, long Value) OwnChannels => ("in_channels", InChannels);
 
     /// <summary>The released encoder <c>ss_enc_conv3d_16l8_fp16</c>.</summary>
-    public static SparseStructureEncoderConfig Released => new()
-    {
-        InChannels = 1, LatentChannels = 8, NumResBlocks = 2, NumResBlocksMiddle = 2, Channels = new long[] { 32, 128, 512 }, UseFp16 = true,
-    };
+    public static SparseStructureEncoderConfig Released =>
+        new() { InChannels = 1, LatentChannels = 8, NumResBlocks = 2, NumResBlocksMiddle = 2, Channels = new long[] { 32, 128, 512 }, UseFp16 = true };
 
     /// <summary>Reads the <c>args</c> object of a checkpoint config.</summary>
     /// <exception cref="ArgumentException">A missing, unknown or mistyped argument (all listed).</exception>
-    public static SparseStructureEncoderConfig FromArgs(JsonObject? args)
-    {
-        var a = new ConfigArgs(ClassName, args);
-        return ReadCommon(a, new SparseStructureEncoderConfig { InChannels = a.Int("in_channels"), LatentChannels = 0, NumResBlocks = 0, Channels = Array.Empty<long>() });
-    }
+    public static SparseStructureEncoderConfig FromArgs(JsonObject? args) => Read(ClassName, args, "in_channels",
+        inChannels => new SparseStructureEncoderConfig { InChannels = inChannels, LatentChannels = 0, NumResBlocks = 0, Channels = Array.Empty<long>() });
 }
 
 /// <summary>Constructor arguments of TRELLIS's <c>SparseStructureDecoder</c>.</summary>
@@ -130,16 +129,11 @@ public sealed record SparseStructureDecoderConfig : SparseStructureVaeConfig
     private protected override (string Key, long Value) OwnChannels => ("out_channels", OutChannels);
 
     /// <summary>The released decoder <c>ss_dec_conv3d_16l8_fp16</c> (16³×8 latent → 64³ logits).</summary>
-    public static SparseStructureDecoderConfig Released => new()
-    {
-        OutChannels = 1, LatentChannels = 8, NumResBlocks = 2, NumResBlocksMiddle = 2, Channels = new long[] { 512, 128, 32 }, UseFp16 = true,
-    };
+    public static SparseStructureDecoderConfig Released =>
+        new() { OutChannels = 1, LatentChannels = 8, NumResBlocks = 2, NumResBlocksMiddle = 2, Channels = new long[] { 512, 128, 32 }, UseFp16 = true };
 
     /// <summary>Reads the <c>args</c> object of a checkpoint config.</summary>
     /// <exception cref="ArgumentException">A missing, unknown or mistyped argument (all listed).</exception>
-    public static SparseStructureDecoderConfig FromArgs(JsonObject? args)
-    {
-        var a = new ConfigArgs(ClassName, args);
-        return ReadCommon(a, new SparseStructureDecoderConfig { OutChannels = a.Int("out_channels"), LatentChannels = 0, NumResBlocks = 0, Channels = Array.Empty<long>() });
-    }
+    public static SparseStructureDecoderConfig FromArgs(JsonObject? args) => Read(ClassName, args, "out_channels",
+        outChannels => new SparseStructureDecoderConfig { OutChannels = outChannels, LatentChannels = 0, NumResBlocks = 0, Channels = Array.Empty<long>() });
 }

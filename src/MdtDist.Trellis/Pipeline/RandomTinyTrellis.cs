@@ -60,6 +60,59 @@ public static class RandomTinyTrellis
         return model;
     }
 
+    /// <summary>The checkpoint name (<c>ckpts/NAME</c>) of each network in a folder written by <see cref="WriteModelFolder"/>, by model key.</summary>
+    public static IReadOnlyDictionary<string, string> CheckpointNames { get; } = new Dictionary<string, string>
+    {
+        ["sparse_structure_flow_model"] = "ss_flow", ["sparse_structure_decoder"] = "ss_dec",
+        ["slat_flow_model"] = "slat_flow", ["slat_decoder_gs"] = "slat_dec_gs", ["slat_decoder_mesh"] = "slat_dec_mesh",
+    };
+
+    /// <summary>
+    /// Writes <paramref name="pipeline"/> as a TRELLIS model folder that <see cref="TrellisPipeline.FromFolder"/> loads back:
+    /// <c>pipeline.json</c> (its samplers, its normalisation, <c>image_cond_model</c> <c>dinov2_vitl14_reg</c>) and each network
+    /// as <c>ckpts/NAME.json</c> + <c>.safetensors</c> (<see cref="CheckpointNames"/>) via <see cref="TrellisCheckpoint.Save"/>.
+    /// </summary>
+    /// <param name="pipeline">The pipeline (e.g. from <see cref="Create"/>).</param>
+    /// <param name="directory">The folder (created when missing).</param>
+    /// <param name="storeDType">Storage dtype of the weights (the networks' own when null; TRELLIS releases float16).</param>
+    /// <exception cref="NotSupportedException">A sampler TRELLIS's pipeline.json cannot express (Heun, an explicit grid).</exception>
+    public static void WriteModelFolder(TrellisPipeline pipeline, string directory, ScalarType? storeDType = null)
+    {
+        ArgumentNullException.ThrowIfNull(pipeline);
+        ArgumentNullException.ThrowIfNull(directory);
+        var networks = new Dictionary<string, nn.Module?>
+        {
+            ["sparse_structure_flow_model"] = pipeline.StructureFlow, ["sparse_structure_decoder"] = pipeline.StructureDecoder,
+            ["slat_flow_model"] = pipeline.LatentFlow, ["slat_decoder_gs"] = pipeline.GaussianDecoder, ["slat_decoder_mesh"] = pipeline.MeshDecoder,
+        };
+        Directory.CreateDirectory(Path.Combine(directory, "ckpts"));
+        var models = new JsonObject();
+        foreach (var (key, model) in networks)
+        {
+            if (model is null) continue;
+            TrellisCheckpoint.Save(model, Path.Combine(directory, "ckpts", CheckpointNames[key]), storeDType);
+            models[key] = "ckpts/" + CheckpointNames[key];
+        }
+        var root = new JsonObject
+        {
+            ["name"] = "TrellisImageTo3DPipeline",
+            ["args"] = new JsonObject
+            {
+                ["models"] = models,
+                ["sparse_structure_sampler"] = pipeline.StructureSampler.ToPipelineJson(),
+                ["slat_sampler"] = pipeline.LatentSampler.ToPipelineJson(),
+                ["slat_normalization"] = new JsonObject
+                {
+                    ["mean"] = new JsonArray(pipeline.Normalization.Mean.Select(v => (JsonNode?)v).ToArray()),
+                    ["std"] = new JsonArray(pipeline.Normalization.Std.Select(v => (JsonNode?)v).ToArray()),
+                },
+                ["image_cond_model"] = "dinov2_vitl14_reg",
+            },
+        };
+        var text = new System.Text.UTF8Encoding(false).GetBytes(root.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+        MdtDist.Core.IO.AtomicFile.Write(Path.Combine(directory, "pipeline.json"), fs => fs.Write(text));
+    }
+
     /// <summary>A pipeline of the four tiny networks (weights from seeds <paramref name="seed"/> … <paramref name="seed"/> + 3).</summary>
     /// <param name="dtype">Parameter dtype.</param>
     /// <param name="seed">Seed of the first network's weights.</param>

@@ -16,16 +16,40 @@ public sealed record SLatNormalization(IReadOnlyList<double> Mean, IReadOnlyList
     /// <summary>The identity normalisation for <paramref name="channels"/> channels.</summary>
     public static SLatNormalization Identity(int channels) => new(new double[channels], Enumerable.Repeat(1.0, channels).ToArray());
 
-    /// <summary>Un-normalises feats <c>[N, C]</c>: <c>feats · std + mean</c> per channel (TRELLIS's <c>sample_slat</c>).</summary>
-    /// <exception cref="ArgumentException">Channel count differs.</exception>
-    public Tensor Denormalize(Tensor feats)
+    /// <summary>
+    /// Normalises a latent: <c>(x − mean) / std</c> per channel, the channels along <paramref name="channelDim"/>
+    /// (1 for structured-latent feats <c>[N, C]</c>, 0 for a sparse-structure latent <c>[C, R, R, R]</c>), as TRELLIS's
+    /// datasets do with their <c>normalization</c> argument.
+    /// </summary>
+    /// <exception cref="ArgumentException">The channel count differs or <paramref name="channelDim"/> is not a dimension of <paramref name="x"/>.</exception>
+    public Tensor Normalize(Tensor x, long channelDim = 1)
     {
-        ArgumentNullException.ThrowIfNull(feats);
-        if (feats.dim() != 2 || feats.shape[1] != Mean.Count || Std.Count != Mean.Count)
-            throw new ArgumentException($"slat_normalization has {Mean.Count} channels, the latent feats have shape [{string.Join(", ", feats.shape)}].", nameof(feats));
         using var scope = torch.NewDisposeScope();
-        var m = torch.tensor(Mean.ToArray(), dtype: feats.dtype, device: feats.device);
-        var s = torch.tensor(Std.ToArray(), dtype: feats.dtype, device: feats.device);
-        return (feats * s + m).MoveToOuterDisposeScope();
+        var (m, s) = PerChannel(x, channelDim, nameof(x));
+        return ((x - m) / s).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Un-normalises a latent: <c>x · std + mean</c> per channel, the channels along <paramref name="channelDim"/>
+    /// (TRELLIS's <c>sample_slat</c> on feats <c>[N, C]</c>: channel dimension 1). The inverse of <see cref="Normalize"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">The channel count differs or <paramref name="channelDim"/> is not a dimension of <paramref name="x"/>.</exception>
+    public Tensor Denormalize(Tensor x, long channelDim = 1)
+    {
+        using var scope = torch.NewDisposeScope();
+        var (m, s) = PerChannel(x, channelDim, nameof(x));
+        return (x * s + m).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Mean and std as tensors in <paramref name="x"/>'s dtype and device, shaped to broadcast along <paramref name="channelDim"/>.</summary>
+    private (Tensor Mean, Tensor Std) PerChannel(Tensor x, long channelDim, string name)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        if (channelDim < 0 || channelDim >= x.dim() || x.shape[channelDim] != Mean.Count || Std.Count != Mean.Count)
+            throw new ArgumentException($"the normalisation has {Mean.Count} channels, the latent ({name}) has shape [{string.Join(", ", x.shape)}] with channels along dimension {channelDim}.", name);
+        var shape = Enumerable.Repeat(1L, (int)x.dim()).ToArray();
+        shape[channelDim] = -1;
+        return (torch.tensor(Mean.ToArray(), dtype: x.dtype, device: x.device).reshape(shape),
+                torch.tensor(Std.ToArray(), dtype: x.dtype, device: x.device).reshape(shape));
     }
 }

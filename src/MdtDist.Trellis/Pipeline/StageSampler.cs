@@ -130,6 +130,27 @@ public sealed record StageSampler
         return s!;
     }
 
+    /// <summary>
+    /// This sampler as a <c>pipeline.json</c> entry (TRELLIS's <c>FlowEulerGuidanceIntervalSampler</c>; what
+    /// <see cref="FromPipelineJson"/> reads back to an equal sampler).
+    /// </summary>
+    /// <exception cref="NotSupportedException">Heun or an explicit grid: TRELLIS's samplers cannot express them.</exception>
+    internal System.Text.Json.Nodes.JsonObject ToPipelineJson()
+    {
+        if (Solver != StageSolver.Euler || ExplicitGrid is not null)
+            throw new NotSupportedException("only a uniform-grid Euler sampler can be written as a TRELLIS pipeline.json sampler.");
+        return new System.Text.Json.Nodes.JsonObject
+        {
+            ["name"] = "FlowEulerGuidanceIntervalSampler",
+            ["args"] = new System.Text.Json.Nodes.JsonObject { ["sigma_min"] = SigmaMin },
+            ["params"] = new System.Text.Json.Nodes.JsonObject
+            {
+                ["steps"] = Steps, ["cfg_strength"] = CfgStrength,
+                ["cfg_interval"] = new System.Text.Json.Nodes.JsonArray(CfgIntervalStart, CfgIntervalEnd), ["rescale_t"] = RescaleT,
+            },
+        };
+    }
+
     internal static StageSampler? Read(PipelineJson reader, JsonElement sampler, string path)
     {
         string Key(string k) => path.Length == 0 ? k : $"{path}.{k}";

@@ -4,7 +4,7 @@ namespace MdtDist.Trellis.Pipeline;
 
 /// <summary>
 /// A TRELLIS <c>pipeline.json</c>, read and validated before any network is built: the model map, the two stage
-/// samplers and the structured-latent normalisation.
+/// samplers, the structured-latent normalisation and the condition model it names. The one reader of <c>pipeline.json</c>.
 /// </summary>
 /// <param name="Models">Model key (e.g. <c>sparse_structure_flow_model</c>) → checkpoint path relative to the folder
 /// (<c>ckpts/NAME</c>, or <c>owner/repo/ckpts/NAME</c>).</param>
@@ -17,6 +17,12 @@ public sealed record TrellisPipelineConfig(
     /// <summary>The models a pipeline needs: the two flows and the structure decoder.</summary>
     public static IReadOnlyList<string> RequiredModels { get; } = new[] { "sparse_structure_flow_model", "sparse_structure_decoder", "slat_flow_model" };
 
+    /// <summary><c>image_cond_model</c>: the torch.hub name of the image condition model (<c>dinov2_vitl14_reg</c>), or null.</summary>
+    public string? ImageConditionModel { get; init; }
+
+    /// <summary><c>text_cond_model</c>: the name of the text condition model (<c>openai/clip-vit-large-patch14</c>), or null.</summary>
+    public string? TextConditionModel { get; init; }
+
     /// <summary>Largest <c>pipeline.json</c> read (TRELLIS's are about 2 kB).</summary>
     public const long MaxFileBytes = 1 << 20;
 
@@ -24,20 +30,37 @@ public sealed record TrellisPipelineConfig(
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     /// <exception cref="InvalidDataException">Not JSON, too large, or any key of the wrong type or out of range; the message names
     /// the file and every offending key.</exception>
-    public static TrellisPipelineConfig Read(string path)
+    public static TrellisPipelineConfig Read(string path) => ReadFile(path, requireModels: true);
+
+    /// <summary>
+    /// Reads the <c>pipeline.json</c> of the model folder <paramref name="folder"/>; without <paramref name="requireModels"/>
+    /// the networks a pipeline needs may be absent (a reader that wants only the condition model).
+    /// </summary>
+    /// <exception cref="FileNotFoundException">The folder has no <c>pipeline.json</c>.</exception>
+    internal static TrellisPipelineConfig ReadFolder(string folder, bool requireModels)
+    {
+        ArgumentNullException.ThrowIfNull(folder);
+        var pj = Path.Combine(folder, "pipeline.json");
+        if (!File.Exists(pj)) throw new FileNotFoundException($"'{folder}' is not a TRELLIS model folder: '{pj}' does not exist.", pj);
+        return ReadFile(pj, requireModels);
+    }
+
+    private static TrellisPipelineConfig ReadFile(string path, bool requireModels)
     {
         ArgumentNullException.ThrowIfNull(path);
         var info = new FileInfo(path);
         if (!info.Exists) throw new FileNotFoundException($"'{path}' does not exist.", path);
         if (info.Length > MaxFileBytes) throw new InvalidDataException($"'{path}': {info.Length} bytes is too large for a pipeline.json (at most {MaxFileBytes}).");
-        return Parse(File.ReadAllText(path), $"'{path}'");
+        return ParseText(File.ReadAllText(path), $"'{path}'", requireModels);
     }
 
     /// <summary>Parses and validates the text of a <c>pipeline.json</c>.</summary>
     /// <param name="json">The file's text.</param>
     /// <param name="source">Names the file in error messages.</param>
     /// <exception cref="InvalidDataException">Not JSON, or any key of the wrong type or out of range (all listed at once).</exception>
-    public static TrellisPipelineConfig Parse(string json, string source = "pipeline.json")
+    public static TrellisPipelineConfig Parse(string json, string source = "pipeline.json") => ParseText(json, source, requireModels: true);
+
+    private static TrellisPipelineConfig ParseText(string json, string source, bool requireModels)
     {
         ArgumentNullException.ThrowIfNull(json);
         JsonDocument doc;
@@ -57,7 +80,7 @@ public sealed record TrellisPipelineConfig(
         string Key(string k) => at.Length == 0 ? k : $"{at}.{k}";
 
         var models = new Dictionary<string, string>(StringComparer.Ordinal);
-        if (reader.TryObject(args, at, "models", required: true, out var m))
+        if (reader.TryObject(args, at, "models", required: requireModels, out var m))
         {
             foreach (var p in m.EnumerateObject())
             {
@@ -67,7 +90,7 @@ public sealed record TrellisPipelineConfig(
                     reader.Add($"{Key("models")}.{p.Name}", $"must be a path inside the model folder, found '{rel}'");
                 else models[p.Name] = rel;
             }
-            foreach (var required in RequiredModels.Where(r => !m.TryGetProperty(r, out _)))
+            foreach (var required in RequiredModels.Where(r => requireModels && !m.TryGetProperty(r, out _)))
                 reader.Add($"{Key("models")}.{required}", "is missing");
         }
 
@@ -94,7 +117,10 @@ public sealed record TrellisPipelineConfig(
                 else norm = new SLatNormalization(mean, std);
             }
         }
+        string? NonEmpty(string key) => reader.String(args, at, key, required: false) is { } v && !string.IsNullOrWhiteSpace(v) ? v : null;
+        var imageCond = NonEmpty("image_cond_model");
+        var textCond = NonEmpty("text_cond_model");
         reader.ThrowIfAny();
-        return new TrellisPipelineConfig(models, ss!, slat!, norm);
+        return new TrellisPipelineConfig(models, ss!, slat!, norm) { ImageConditionModel = imageCond, TextConditionModel = textCond };
     }
 }

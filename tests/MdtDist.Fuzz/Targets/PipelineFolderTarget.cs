@@ -17,18 +17,7 @@ public sealed class PipelineFolderTarget : FuzzTarget
         new[] { typeof(InvalidDataException), typeof(FileNotFoundException), typeof(StateDictMismatchException), typeof(NotSupportedException) };
 
     /// <inheritdoc />
-    protected override IReadOnlyList<IReadOnlyDictionary<string, byte[]>> CreateSeeds()
-    {
-        var files = new Dictionary<string, byte[]> { ["pipeline.json"] = System.Text.Encoding.UTF8.GetBytes(TinyTrellis.PipelineJson) };
-        ulong s = 200;
-        foreach (var key in TinyTrellis.Configs.Keys)
-        {
-            var (json, weights) = TinyTrellis.Checkpoint(key, s++);
-            files[$"ckpts/{key}.json"] = json;
-            files[$"ckpts/{key}.safetensors"] = weights;
-        }
-        return new[] { files };
-    }
+    protected override IReadOnlyList<IReadOnlyDictionary<string, byte[]>> CreateSeeds() => new[] { TinyTrellis.ModelFolder(200) };
 
     /// <inheritdoc />
     public override double Weight(string file) => file == "pipeline.json" ? 12 : file.EndsWith(".json", StringComparison.Ordinal) ? 1 : 0.5;

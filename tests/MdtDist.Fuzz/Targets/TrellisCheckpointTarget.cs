@@ -16,12 +16,14 @@ public sealed class TrellisCheckpointTarget : FuzzTarget
         new[] { typeof(InvalidDataException), typeof(FileNotFoundException), typeof(StateDictMismatchException), typeof(NotSupportedException) };
 
     /// <inheritdoc />
-    protected override IReadOnlyList<IReadOnlyDictionary<string, byte[]>> CreateSeeds() =>
-        new[] { "ss_flow", "slat_flow", "ss_dec" }.Select((key, i) =>
+    protected override IReadOnlyList<IReadOnlyDictionary<string, byte[]>> CreateSeeds()
+    {
+        var folder = TinyTrellis.ModelFolder(100);
+        return new[] { "ss_flow", "slat_flow", "ss_dec" }.Select(key => (IReadOnlyDictionary<string, byte[]>)new Dictionary<string, byte[]>
         {
-            var (json, weights) = TinyTrellis.Checkpoint(key, (ulong)(100 + i));
-            return (IReadOnlyDictionary<string, byte[]>)new Dictionary<string, byte[]> { ["ckpts/model.json"] = json, ["ckpts/model.safetensors"] = weights };
+            ["ckpts/model.json"] = folder[$"ckpts/{key}.json"], ["ckpts/model.safetensors"] = folder[$"ckpts/{key}.safetensors"],
         }).ToArray();
+    }
 
     /// <inheritdoc />
     public override double Weight(string file) => file.EndsWith(".json", StringComparison.Ordinal) ? 3 : 1;

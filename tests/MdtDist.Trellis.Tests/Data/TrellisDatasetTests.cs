@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using MdtDist.Trellis.Data;
+using MdtDist.Trellis.Pipeline;
 using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
@@ -98,7 +99,8 @@ public class TrellisDatasetTests
         var mean = Enumerable.Range(0, 8).Select(i => 0.1 * i).ToArray();
         var std = Enumerable.Range(0, 8).Select(i => 1.0 + i).ToArray();
         var plain = Open(TrellisLatentKind.StructuredLatent, TrellisConditionKind.None, 4.5);
-        var norm = TrellisDataset.Open(new[] { Root }, plain.Options with { NormalizationMean = mean, NormalizationStd = std });
+        var normalization = new SLatNormalization(mean, std);
+        var norm = TrellisDataset.Open(new[] { Root }, plain.Options with { Normalization = normalization });
         var (c0, f0) = plain.LoadStructuredLatent(0);
         var (c1, f1) = norm.LoadStructuredLatent(0);
         using var m = torch.tensor(mean, ScalarType.Float32);
@@ -106,7 +108,21 @@ public class TrellisDatasetTests
         using var want = (f0 - m) / s;
         Assert.Equal(0f, (want - f1).abs().max().item<float>());
         Assert.True(c0.eq(c1).all().item<bool>());
+        // The pipeline's denormalisation is the inverse: f1·std + mean recovers the file's feats up to float32 rounding.
+        // Four roundings (−, /, ·, +), each ≤ 2^-24 ≈ 6e-8 of a value ≤ |f0| + 2·max|mean| (max|mean| = 0.7):
+        // |error| ≤ 2.4e-7·(max|f0| + 1.4) < 1e-6·(max|f0| + 1).
+        using var back = normalization.Denormalize(f1);
+        Assert.True((back - f0).abs().max().item<float>() < 1e-6f * (f0.abs().max().item<float>() + 1f));
         foreach (var t in new[] { c0, f0, c1, f1 }) t.Dispose();
+
+        // Stage 1: the channels of a [C, R, R, R] latent are dimension 0.
+        var ss = Open(TrellisLatentKind.SparseStructure, TrellisConditionKind.None, 4.5);
+        var ssNorm = TrellisDataset.Open(new[] { Root }, ss.Options with { Normalization = normalization });
+        using var z0 = ss.LoadStructureLatent(0);
+        using var z1 = ssNorm.LoadStructureLatent(0);
+        using var zWant = (z0 - m.reshape(-1, 1, 1, 1)) / s.reshape(-1, 1, 1, 1);
+        Assert.Equal(0f, (zWant - z1).abs().max().item<float>());
+        Assert.Throws<ArgumentException>(() => normalization.Normalize(z0, channelDim: 1));
     }
 
     [Fact]
@@ -182,9 +198,9 @@ public class TrellisDatasetTests
         Assert.Equal(new[] { "dataset.args.pretrained_ss_dec" }, ignored);
         var e = Assert.Throws<InvalidDataException>(() => TrellisDatasetOptions.FromConfig("ImageConditionedSLat",
             new JsonObject { ["latent_model"] = 3, ["max_num_voxels"] = -1, ["shuffle"] = true }, "'config.json'", out _));
-        Assert.Contains("latent_model must be a string", e.Message);
-        Assert.Contains("max_num_voxels", e.Message);
-        Assert.Contains("dataset.args.shuffle", e.Message);
+        Assert.Contains("'dataset.args.latent_model' = 3 is not a string", e.Message);
+        Assert.Contains("'dataset.args.max_num_voxels' = -1 is not >= 1", e.Message);
+        Assert.Contains("unknown argument(s) 'dataset.args.shuffle'", e.Message);
         Assert.Contains("'config.json'", e.Message);
         Assert.Contains("not supported", Assert.Throws<InvalidDataException>(() => TrellisDatasetOptions.FromConfig("Foo", null, "c", out _)).Message);
     }

@@ -67,7 +67,7 @@ public class TrellisTrainingConfigTests
     {
         var c = TrellisTrainingConfig.FromJson(StageTwo(), "'slat.json'");
         Assert.Equal(TrellisLatentKind.StructuredLatent, c.Dataset.Kind);
-        Assert.Equal(new[] { 0.0, 0, 0, 0, 0, 0, 0, 0 }, c.Dataset.NormalizationMean);
+        Assert.Equal(new[] { 0.0, 0, 0, 0, 0, 0, 0, 0 }, c.Dataset.Normalization!.Mean);
         Assert.Equal(4, c.Trainer.BatchSplit);
         Assert.Equal(new[] { 0.9999, 0.999 }, c.Trainer.EmaRates);
         Assert.Equal(1.0, c.Trainer.Clipping!.MaxNorm);
@@ -101,9 +101,24 @@ public class TrellisTrainingConfigTests
         ta["distill_type"] = "magic";
         c["extra"] = 1;
         var e = Assert.Throws<InvalidDataException>(() => TrellisTrainingConfig.FromJson(c, "'bad.json'"));
-        foreach (var s in new[] { "'bad.json'", "cfg_teacher_vm as a list", "p_uncond", "only AdamW", "d_norm must be true or false",
-                     "trainer.args.warmup_steps", "distill_type", "'extra'" })
+        foreach (var s in new[] { "'bad.json'", "'trainer.args.cfg_teacher_vm': a list", "'trainer.args.p_uncond'", "only AdamW",
+                     "'trainer.args.d_norm' = \"yes\" is not a boolean", "'trainer.args.warmup_steps'", "'trainer.args.distill_type'", "'extra'" })
             Assert.Contains(s, e.Message);
         Assert.Throws<FileNotFoundException>(() => TrellisTrainingConfig.Load(Path.Combine(Path.GetTempPath(), "no-such-config.json")));
+    }
+
+    [Fact]
+    public void NestedKeysAndRangesAreReportedWithTheirPath()
+    {
+        var c = StageTwo();
+        var ta = c["trainer"]!["args"]!.AsObject();
+        ta["optimizer"] = JsonNode.Parse("""{"name": "AdamW", "args": {"lr": 20, "momentum": 0.9}}""");
+        ta["ema_rate"] = new JsonArray(0.5, 1.5);
+        ta["i_log"] = 0;
+        c["dataset"]!["args"]!["normalization"] = JsonNode.Parse("""{"mean": [0, 0], "std": [1]}""");
+        var e = Assert.Throws<InvalidDataException>(() => TrellisTrainingConfig.FromJson(c, "'nested.json'"));
+        foreach (var s in new[] { "'trainer.args.optimizer.args.lr' = 20 is not in [0, 10]", "'trainer.args.optimizer.args.momentum'",
+                     "'trainer.args.ema_rate'", "'trainer.args.i_log' = 0", "'dataset.args.normalization'" })
+            Assert.Contains(s, e.Message);
     }
 }

@@ -67,6 +67,18 @@ public class PipelineJsonValidationTests
         Assert.Equal(2.684523105621338, c.Normalization.Std[7]);
         Assert.Equal("ckpts/ss_flow_img_dit_L_16l8_fp16", c.Models["sparse_structure_flow_model"]);
         Assert.Equal(6, c.Models.Count);
+        Assert.Equal("dinov2_vitl14_reg", c.ImageConditionModel);
+        Assert.Null(c.TextConditionModel);
+    }
+
+    [Fact]
+    public void ConditionModelNamesAreStringsOrAbsent()
+    {
+        var text = TrellisPipelineConfig.Parse(Edit(a => { a.Remove("image_cond_model"); a["text_cond_model"] = "openai/clip-vit-large-patch14"; }));
+        Assert.Null(text.ImageConditionModel);
+        Assert.Equal("openai/clip-vit-large-patch14", text.TextConditionModel);
+        Assert.Contains("args.image_cond_model: must be a string", Fails(Edit(a => a["image_cond_model"] = 3)));
+        Assert.Contains("args.text_cond_model: must be a string", Fails(Edit(a => a["text_cond_model"] = new JsonArray())));
     }
 
     [Fact]

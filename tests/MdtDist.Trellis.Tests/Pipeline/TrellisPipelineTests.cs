@@ -120,9 +120,14 @@ public class TrellisPipelineTests
     [Fact]
     public void LoadsATrellisModelFolderAndMatchesTheInMemoryPipeline()
     {
-        var p = TinyPipeline.Create();
+        // Samplers of their own (12 steps, CFG 7.5 / 3.0): pipeline.json carries them.
+        var p = RandomTinyTrellis.Create(structureSampler: new StageSampler { Steps = 12, CfgStrength = 7.5 }, latentSampler: new StageSampler { Steps = 12, CfgStrength = 3.0 });
         var dir = TinyPipeline.WriteFolder(p);
         var loaded = TrellisPipeline.FromFolder(dir);
+        Assert.Equal(p.StructureSampler, loaded.StructureSampler);
+        Assert.Equal(p.LatentSampler, loaded.LatentSampler);
+        Assert.Equal(p.Normalization.Mean, loaded.Normalization.Mean);
+        Assert.Equal(p.Normalization.Std, loaded.Normalization.Std);
         Assert.Equal(12, loaded.StructureSampler.Steps);
         Assert.Equal(7.5, loaded.StructureSampler.CfgStrength);
         Assert.Equal(3.0, loaded.LatentSampler.CfgStrength);

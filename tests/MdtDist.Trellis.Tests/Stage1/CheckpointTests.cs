@@ -221,6 +221,21 @@ public sealed class CheckpointTests : IDisposable
         var rope = TinyModels.FlowConfig().ToArgs();
         rope["pe_mode"] = "rope";
         Assert.Throws<NotSupportedException>(() => TrellisCheckpoint.Build(new TrellisModelConfig("SparseStructureFlowModel", rope), ScalarType.Float64));
+
+        // Loaded from a file, the same refusal names the config file (found by the fuzzer on an edited checkpoint).
+        var dir = Directory.CreateTempSubdirectory("mdtdist-rope-").FullName;
+        try
+        {
+            using (var flow = TinyModels.Flow()) TrellisCheckpoint.Save(flow, Path.Combine(dir, "flow"));
+            var json = Path.Combine(dir, "flow.json");
+            var root = JsonNode.Parse(File.ReadAllText(json))!;
+            root["args"]!["pe_mode"] = "rope";
+            File.WriteAllText(json, root.ToJsonString());
+            var load = Assert.Throws<NotSupportedException>(() => TrellisCheckpoint.Load(Path.Combine(dir, "flow"), ScalarType.Float64).Dispose());
+            Assert.Contains(json, load.Message);
+            Assert.Contains("pe_mode", load.Message);
+        }
+        finally { Directory.Delete(dir, recursive: true); }
     }
 
     [Fact]
