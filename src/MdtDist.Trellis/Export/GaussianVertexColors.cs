@@ -18,7 +18,8 @@ namespace MdtDist.Trellis.Export;
 /// (both decoders are trained against the same sRGB renders), so <see cref="GlbExportOptions.ColorsAreSrgb"/> applies
 /// to them unchanged.</para>
 /// <para>Neighbours are found with a uniform grid of cell size <c>3σ</c> over the Gaussian centres (sorted by cell; each
-/// vertex visits its 27 neighbouring cells), in chunks of vertices so that memory stays bounded whatever the mesh size.
+/// vertex visits its 27 neighbouring cells, expanded into vertex–Gaussian pairs without padding), in chunks of at most
+/// about 10⁶ pairs so that memory stays bounded whatever the mesh size.
 /// Gaussians with a non-finite centre, opacity or colour are ignored.</para>
 /// </remarks>
 public static class GaussianVertexColors
@@ -88,20 +89,20 @@ public static class GaussianVertexColors
         var (cellKeys, _, countsOrNull) = torch.unique_consecutive(sortedKey, return_counts: true);
         var cellCounts = countsOrNull!;
         var cellStarts = cellCounts.cumsum(0) - cellCounts;
-        long maxPerCell = cellCounts.max().item<long>();
         var spos = pos.index_select(0, order);
         var salpha = alpha.index_select(0, order);
         var srgb = rgb.index_select(0, order);
         var offsets = torch.tensor(
             Enumerable.Range(0, 27).SelectMany(i => new long[] { i / 9 - 1, i / 3 % 3 - 1, i % 3 - 1 }).ToArray(), new long[] { 27, 3 }, device: dev);
         var dimsT = torch.tensor(dims, device: dev);
-        var ranks = torch.arange(maxPerCell, device: dev);
         long lastCell = cellKeys.shape[0] - 1;
+        double invTwoSigma2 = -0.5 / (bandwidth * bandwidth);
 
         var colors = torch.zeros(nv, 3, dtype: dt, device: dev);
         var covered = torch.zeros(nv, dtype: ScalarType.Bool, device: dev);
-        long chunk = Math.Max(1, chunkElements / (27 * maxPerCell));
-        for (long s = 0; s < nv; s += chunk)
+        // vertices per chunk: start from the mean cell occupancy and halve while a chunk has more pairs than the budget
+        long chunk = Math.Max(1, chunkElements / (27 * Math.Max(1, ng / (lastCell + 1))));
+        for (long s = 0; s < nv;)
         {
             cancellationToken.ThrowIfCancellationRequested();
             using var inner = torch.NewDisposeScope();
@@ -112,16 +113,27 @@ public static class GaussianVertexColors
             var key = Key(nb);
             var at = torch.searchsorted(cellKeys, key.reshape(-1)).clamp_max(lastCell).view_as(key);   // [C, 27]
             var hit = inGrid.logical_and(cellKeys[at].eq(key));
-            var count = torch.where(hit, cellCounts[at], torch.zeros_like(at));
-            var valid = ranks.view(1, 1, -1).lt(count.unsqueeze(-1));                                 // [C, 27, M]
-            var idx = (cellStarts[at].unsqueeze(-1) + ranks.view(1, 1, -1)).clamp_max(ng - 1);
-            var d2 = (spos[idx] - v.view(-1, 1, 1, 3)).square().sum(-1);
-            var near = valid.logical_and(d2.le(radius * radius));
-            var w = torch.where(near, salpha[idx] * torch.exp(d2 * (-0.5 / (bandwidth * bandwidth))), torch.zeros_like(d2));
-            var wsum = w.sum(new long[] { 1, 2 });
-            var c = (w.unsqueeze(-1) * srgb[idx]).sum(new long[] { 1, 2 }) / wsum.clamp_min(1e-300).unsqueeze(-1);
-            colors.narrow(0, s, e - s).copy_(c);
-            covered.narrow(0, s, e - s).copy_(wsum.gt(0));
+            var count = torch.where(hit, cellCounts[at], torch.zeros_like(at)).reshape(-1);            // [C·27]
+            long pairs = count.sum().item<long>();
+            if (pairs > chunkElements && e - s > 1)
+            {
+                chunk = Math.Max(1, (e - s) / 2);
+                continue;
+            }
+            // one entry per (vertex, Gaussian in a neighbouring cell): the cells' runs of the sorted Gaussians, expanded
+            var owner = torch.arange(count.shape[0], device: dev).repeat_interleave(count);             // [P] → (vertex, cell)
+            var runStart = (count.cumsum(0) - count).index_select(0, owner);
+            var g = cellStarts[at].reshape(-1).index_select(0, owner) + torch.arange(pairs, device: dev) - runStart;
+            var vi = owner.div(27, rounding_mode: RoundingMode.floor);
+            var d2 = (spos.index_select(0, g) - v.index_select(0, vi)).square().sum(1);
+            var w = torch.where(d2.le(radius * radius), salpha.index_select(0, g) * torch.exp(d2 * invTwoSigma2), torch.zeros_like(d2));
+            var wsum = torch.zeros(e - s, dtype: dt, device: dev).index_add_(0, vi, w, 1.0);
+            var csum = torch.zeros(e - s, 3, dtype: dt, device: dev).index_add_(0, vi, w.unsqueeze(1) * srgb.index_select(0, g), 1.0);
+            var ok = wsum.gt(0);
+            colors.narrow(0, s, e - s).copy_(torch.where(ok.unsqueeze(1), csum / torch.where(ok, wsum, torch.ones_like(wsum)).unsqueeze(1), torch.zeros_like(csum)));
+            covered.narrow(0, s, e - s).copy_(ok);
+            s = e;
+            if (pairs < chunkElements / 4) chunk *= 2;
         }
 
         // vertices with no Gaussian within 3σ: the nearest Gaussian's colour (brute force, chunked; rare)
