@@ -337,6 +337,8 @@ public sealed class TrellisPipeline
     /// <param name="slat">The un-normalised structured latent (<see cref="SampleStructuredLatent"/>).</param>
     /// <param name="formats">What to decode.</param>
     /// <returns>One entry per sample of each requested format (the caller disposes the result).</returns>
+    /// <remarks>With both formats, meshes whose decoder has no colour channels get vertex colours sampled from the same
+    /// sample's Gaussians (<see cref="Export.GaussianVertexColors"/>); the decoder's own colours are kept when present.</remarks>
     /// <exception cref="InvalidOperationException">A requested format whose decoder this pipeline lacks.</exception>
     public TrellisDecoded Decode(SparseTensor slat, TrellisFormats formats = TrellisFormats.Gaussians)
     {
@@ -346,6 +348,8 @@ public sealed class TrellisPipeline
         try
         {
             meshes = formats.HasFlag(TrellisFormats.Mesh) ? DecodeMeshes(slat) : null;
+            // a mesh decoder without colour channels: colours sampled from the Gaussians at the surface
+            if (meshes is not null && gaussians is not null) meshes = Export.GaussianVertexColors.FillMissing(meshes, gaussians);
         }
         catch
         {

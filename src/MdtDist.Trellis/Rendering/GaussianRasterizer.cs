@@ -199,7 +199,7 @@ public static class GaussianRasterizer
     }
 
     /// <summary>SH band-0 constant: colour = max(0, C0·f_dc + 0.5).</summary>
-    private const double ShC0 = 0.28209479177387814;
+    internal const double ShC0 = 0.28209479177387814;
 
     /// <summary>The CUDA <c>getRect</c>: the tile rectangle [x0, x1) × [y0, y1) a footprint of the given radius touches.</summary>
     private static (int X0, int Y0, int X1, int Y1) Rect(double px, double py, int r, int gridX, int gridY) => (

@@ -47,7 +47,7 @@ public static class MeshSimplifier
 
         // quadrics: 10 coefficients of the symmetric 4x4 [a² ab ac ad; b² bc bd; c² cd; d²]
         var q = new double[nv * 10];
-        var edgeFaces = new Dictionary<long, int>();
+        var edgeFaces = new Dictionary<long, int>(3 * nf / 2, EdgeKeyComparer.Instance);
         for (int f = 0; f < nf; f++)
         {
             var (nx, ny, nz, area) = FaceNormal(pos, faces, f);
@@ -164,6 +164,21 @@ public static class MeshSimplifier
     {
         int k = faces[3 * f] == v ? 0 : faces[3 * f + 1] == v ? 1 : 2;
         return (faces[3 * f + (k + 1) % 3], faces[3 * f + (k + 2) % 3]);
+    }
+
+    /// <summary>
+    /// Hashes an edge key <c>(min &lt;&lt; 32) | max</c> by Fibonacci multiplication. <c>long.GetHashCode</c> is
+    /// <c>low ^ high</c>, which maps the edges of a mesh whose neighbouring vertices have nearby indices onto a handful of
+    /// values (every grid edge (i, i + 1) gives 1 or 3…): the dictionary then degrades to linear scans, which made
+    /// setting up a 200k-triangle mesh take minutes.
+    /// </summary>
+    private sealed class EdgeKeyComparer : IEqualityComparer<long>
+    {
+        public static readonly EdgeKeyComparer Instance = new();
+
+        public bool Equals(long x, long y) => x == y;
+
+        public int GetHashCode(long key) => (int)(((ulong)key * 0x9E3779B97F4A7C15UL) >> 32);
     }
 
     private static long Key(int a, int b) => a < b ? ((long)a << 32) | (uint)b : ((long)b << 32) | (uint)a;
