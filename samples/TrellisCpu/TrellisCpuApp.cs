@@ -1,0 +1,127 @@
+using System.CommandLine;
+using MdtDist.Trellis.Pipeline;
+using Spectre.Console;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace TrellisCpu;
+
+/// <summary>
+/// TRELLIS-image-large on the CPU, measured end to end from one command: the released architecture at full size with
+/// random weights (DINOv2 ViT-L/14-reg, both flows, structure decoder, Gaussian and mesh decoders, FlexiCubes) under
+/// MDT-dist student schedules, with the 25-step guided teacher extrapolated from the measured per-evaluation times.
+/// Writes <c>results.md</c> and <c>results.json</c>.
+/// </summary>
+public static class TrellisCpuApp
+{
+    /// <summary>Command-line entry point; returns the exit code (0 ok, 130 cancelled, 3 bad input).</summary>
+    public static int Run(string[] args)
+    {
+        var dtypeOpt = new Option<string>("--dtype") { Description = "weight and compute dtype: float32, bfloat16, or auto (bfloat16 only on a CPU with native bf16: avx512_bf16 / amx_bf16)", DefaultValueFactory = _ => "auto" };
+        var threadsOpt = new Option<int?>("--threads") { Description = "libtorch intra-op threads (default: libtorch's choice, one per core)" };
+        var scheduleOpt = new Option<string>("--schedule") { Description = $"comma-separated schedules to measure: {string.Join(", ", BenchmarkSchedule.Known.Select(s => s.Name))} (the teacher row is extrapolated when not measured)", DefaultValueFactory = _ => "student-1,student-2" };
+        var voxelsOpt = new Option<int>("--voxels") { Description = "voxels of the stage-2 structure (a 3-voxel-thick sphere shell in the 64³ grid)", DefaultValueFactory = _ => 20_000 };
+        var outOpt = new Option<string>("--out") { Description = "folder for results.md and results.json", DefaultValueFactory = _ => "trellis-cpu" };
+        var blocksOpt = new Option<int?>("--blocks") { Description = "transformer blocks of every network (quick runs; default: the released depths 24 / 24 / 12)" };
+        var tinyOpt = new Option<bool>("--tiny") { Description = "toy widths (a smoke test in seconds)" };
+        var decodeAllOpt = new Option<bool>("--decode-every-schedule") { Description = "run the decoders after every schedule (default: after the first; later rows reuse its decoder times)" };
+        var seedOpt = new Option<long>("--seed") { Description = "seed of the random weights and noise", DefaultValueFactory = _ => 1 };
+
+        var root = new RootCommand("TrellisCpu: the whole TRELLIS-image-large architecture on the CPU, timed stage by stage.");
+        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, seedOpt }) root.Options.Add(o);
+
+        if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
+        using var cts = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) =>
+        {
+            e.Cancel = true;
+            AnsiConsole.MarkupLine("[yellow]Stopping after the current stage...[/]");
+            cts.Cancel();
+        };
+        Console.CancelKeyPress += onCancel;
+        root.SetAction(pr =>
+        {
+            try
+            {
+                if (pr.GetValue(threadsOpt) is { } t)
+                {
+                    if (t < 1) throw new ArgumentException($"--threads must be >= 1, got {t}.");
+                    torch.set_num_threads(t);
+                }
+                var request = pr.GetValue(dtypeOpt)!;
+                var dtype = CpuFeatures.ResolveComputeDType(request);
+                if (dtype == ScalarType.BFloat16 && !CpuFeatures.HasNativeBFloat16)
+                    AnsiConsole.MarkupLine("[yellow]warning:[/] this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): libtorch emulates it, slower than float32.");
+                var settings = new TrellisCpuSettings
+                {
+                    Scale = pr.GetValue(tinyOpt) ? NetworkScale.Tiny : NetworkScale.Large,
+                    DType = dtype,
+                    DTypeRequest = request,
+                    Schedules = pr.GetValue(scheduleOpt)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(BenchmarkSchedule.Parse).ToList(),
+                    Voxels = pr.GetValue(voxelsOpt),
+                    Blocks = pr.GetValue(blocksOpt),
+                    Seed = pr.GetValue(seedOpt),
+                    DecodeEverySchedule = pr.GetValue(decodeAllOpt),
+                };
+                return Execute(settings, pr.GetValue(outOpt)!, cts.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                AnsiConsole.MarkupLine("[yellow]Stopped; nothing written.[/]");
+                return 130;
+            }
+            catch (ArgumentException e)
+            {
+                AnsiConsole.MarkupLine($"[red]error:[/] {Markup.Escape(e.Message)}");
+                return 3;
+            }
+        });
+        try
+        {
+            return root.Parse(args).Invoke();
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCancel;
+        }
+    }
+
+    private static int Execute(TrellisCpuSettings settings, string outDir, CancellationToken ct)
+    {
+        AnsiConsole.MarkupLine($"[bold]TrellisCpu[/]: {settings.Scale} networks{(settings.Blocks is { } b ? $" ({b} blocks each)" : "")}, {settings.DType} (requested {Markup.Escape(settings.DTypeRequest)}; native bf16: {CpuFeatures.HasNativeBFloat16}), {torch.get_num_threads()} libtorch threads");
+        TrellisCpuReport report = null!;
+        var start = DateTime.UtcNow;
+        void Line(string line) => AnsiConsole.MarkupLine($"[grey]{(DateTime.UtcNow - start).TotalSeconds,7:F1} s[/] {Markup.Escape(line)}");
+        if (Console.IsOutputRedirected)
+            report = TrellisCpuBenchmark.Run(settings, new SyncProgress(Line), ct);
+        else
+            AnsiConsole.Status().Start("starting", ctx =>
+            {
+                report = TrellisCpuBenchmark.Run(settings, new SyncProgress(line => { Line(line); ctx.Status(Markup.Escape(line)); }), ct);
+            });
+        var (json, md) = TrellisCpuBenchmark.Write(report, outDir);
+
+        var table = new Table().Border(TableBorder.Rounded);
+        table.AddColumn("schedule");
+        table.AddColumn(new TableColumn("evals").RightAligned());
+        foreach (var s in report.Results[0].Stages) table.AddColumn(new TableColumn(Markup.Escape(s.Stage)).RightAligned());
+        table.AddColumn(new TableColumn("total s").RightAligned());
+        foreach (var row in report.Results)
+        {
+            var cells = new List<string> { Markup.Escape(row.Schedule), row.FlowEvaluations.ToString() };
+            cells.AddRange(row.Stages.Select(s => $"{s.WallSeconds:F1}{(s.Measured ? "" : "*")}"));
+            cells.Add($"[bold]{row.TotalSeconds:F1}[/]");
+            table.AddRow(cells.ToArray());
+        }
+        AnsiConsole.Write(table);
+        AnsiConsole.MarkupLine($"peak memory (VmHWM) {report.PeakResidentBytes / 1e9:F2} GB; load average {report.LoadAverage[0]:F2} → {report.LoadAverage[1]:F2}; * = extrapolated or reused");
+        AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(md)}[/] and {Markup.Escape(json)}");
+        return 0;
+    }
+
+    /// <summary>An <see cref="IProgress{T}"/> that reports on the calling thread (Progress&lt;T&gt; would post to the thread pool).</summary>
+    private sealed class SyncProgress(Action<string> report) : IProgress<string>
+    {
+        public void Report(string value) => report(value);
+    }
+}
