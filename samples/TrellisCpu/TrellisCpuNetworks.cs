@@ -61,7 +61,7 @@ public sealed class TrellisCpuNetworks : IDisposable
         yield return ("mesh decoder", Pipeline.MeshDecoder!);
     }
 
-    /// <summary>Builds the networks with random weights (<see cref="RandomTinyTrellis.Randomize{T}"/>, seeds <paramref name="seed"/> … +5).</summary>
+    /// <summary>Builds the networks with random weights (see <see cref="Randomize{T}"/>; seeds <paramref name="seed"/> … +5).</summary>
     /// <param name="scale">Released sizes or toy widths.</param>
     /// <param name="dtype">Weight and compute dtype.</param>
     /// <param name="blocks">Transformer blocks of every network (null: the released depth), for quick runs.</param>
@@ -73,7 +73,7 @@ public sealed class TrellisCpuNetworks : IDisposable
         long Depth(long released) => blocks ?? released;
 
         var dinoConfig = large ? Dinov2Config.VitL14Reg with { Depth = Depth(24) } : new Dinov2Config(64, Depth(1), 2);
-        var dino = RandomTinyTrellis.Randomize(new Dinov2Model(dinoConfig, dtype), seed);
+        var dino = Randomize(new Dinov2Model(dinoConfig, dtype), seed);
         long cond = dinoConfig.EmbedDim;
 
         var ss = large
@@ -100,14 +100,34 @@ public sealed class TrellisCpuNetworks : IDisposable
         }
 
         var pipeline = new TrellisPipeline(
-            RandomTinyTrellis.Randomize(new SparseStructureFlowModel(ss, dtype), seed + 1),
-            RandomTinyTrellis.Randomize(new SparseStructureDecoder(ssDec, dtype), seed + 2),
-            RandomTinyTrellis.Randomize(new SLatFlowModel(slat, dtype), seed + 3),
-            RandomTinyTrellis.Randomize(TrellisCheckpoint.Build<SLatGaussianDecoder>(new TrellisModelConfig(SLatGaussianDecoderConfig.ClassName, gsArgs), dtype), seed + 4),
-            meshDecoder: RandomTinyTrellis.Randomize(TrellisCheckpoint.Build<SLatMeshDecoder>(new TrellisModelConfig(SLatMeshDecoderConfig.ClassName, meshArgs), dtype), seed + 5));
+            Randomize(new SparseStructureFlowModel(ss, dtype), seed + 1),
+            Randomize(new SparseStructureDecoder(ssDec, dtype), seed + 2),
+            Randomize(new SLatFlowModel(slat, dtype), seed + 3),
+            Randomize(TrellisCheckpoint.Build<SLatGaussianDecoder>(new TrellisModelConfig(SLatGaussianDecoderConfig.ClassName, gsArgs), dtype), seed + 4),
+            meshDecoder: Randomize(TrellisCheckpoint.Build<SLatMeshDecoder>(new TrellisModelConfig(SLatMeshDecoderConfig.ClassName, meshArgs), dtype), seed + 5));
         var nets = new TrellisCpuNetworks(dino, pipeline);
         foreach (var (_, m) in nets.All()) m.eval();
         return nets;
+    }
+
+    /// <summary>
+    /// Random weights with the distribution of <see cref="RandomTinyTrellis.Randomize{T}"/> (matrices and kernels
+    /// N(0, 1/fan_in), biases N(0, 0.05²), other vectors 1 + N(0, 0.1²)), drawn in place in the parameter's dtype: that
+    /// helper draws float64 so that every dtype gets the same weights, which for the 1.5 B parameters at full size takes
+    /// minutes on 2 cores and a float64 copy of the largest tensor. Here a float32 and a bfloat16 build differ
+    /// (a comparison of the two converts one build instead).
+    /// </summary>
+    public static T Randomize<T>(T model, long seed) where T : nn.Module
+    {
+        var g = new Generator((ulong)seed);
+        using var noGrad = torch.no_grad();
+        foreach (var (name, p) in model.named_parameters())
+        {
+            if (p.dim() >= 2) p.normal_(0, 1 / Math.Sqrt(p.numel() / (double)p.shape[0]), generator: g);
+            else if (name.EndsWith("bias", StringComparison.Ordinal)) p.normal_(0, 0.05, generator: g);
+            else p.normal_(1, 0.1, generator: g);
+        }
+        return model;
     }
 
     /// <summary>Parameter count and bytes of every network.</summary>

@@ -135,7 +135,64 @@ internal sealed class SparseConv3d : nn.Module
             var w2 = w.reshape(InChannels, OutChannels);
             return b is null ? feats.matmul(w2) : torch.addmm(b, feats, w2, 1, 1);
         }
-        return GatherGemm(feats, SparseNeighbours.Map(coords, KernelSize), w, b);
+        var nbr = SparseNeighbours.Map(coords, KernelSize);
+        return UsePerOffset(nbr.shape[1], InChannels, feats.device_type)
+            ? PerOffsetGemm(feats, nbr, w, b)
+            : GatherGemm(feats, nbr, w, b);
+    }
+
+    /// <summary>
+    /// im2col columns (K³·in) from which the CPU takes the per-offset formulation. The im2col chunk holds
+    /// <see cref="GatherChunkElements"/> / (K³·in) rows, and below about 512 rows its GEMM streams the whole
+    /// <c>[K³·in, out]</c> weight from memory for a handful of rows: at in = 1024 (stage 2's 32³ convolution) a chunk held
+    /// 75 rows against a 113 MB float32 weight and the convolution ran memory-bound. 2M / 512 = 4096 columns, i.e. in ≥ 152
+    /// for K = 3.
+    /// </summary>
+    internal static long PerOffsetMinColumns = 4096;
+
+    /// <summary>Switch for A/B measurements (benchmarks/Stage2Profile); on by default.</summary>
+    internal static bool PerOffsetEnabled = true;
+
+    /// <summary>True when the per-offset formulation is used: on the CPU, for more than <see cref="PerOffsetMinColumns"/> im2col columns.</summary>
+    internal static bool UsePerOffset(long k3, long inChannels, DeviceType device) =>
+        PerOffsetEnabled && device == DeviceType.CPU && k3 > 1 && k3 * inChannels > PerOffsetMinColumns;
+
+    /// <summary>
+    /// <c>out = bias + Σ_o gather(feats, nbr[:, o]) · W_o</c>: one gather of <c>[rows, in]</c> and one GEMM against the
+    /// <c>[in, out]</c> slice of the weight per kernel offset, accumulated in place (spconv's gather-GEMM-scatter order
+    /// for submanifold convolutions). Each GEMM has every row of the chunk and a weight slice that stays in cache.
+    /// </summary>
+    internal static Tensor PerOffsetGemm(Tensor feats, Tensor nbr, Tensor weight, Tensor? bias)
+    {
+        long n = feats.shape[0], cin = feats.shape[1], cout = weight.shape[0];
+        long k3 = nbr.shape[1];
+        if (n == 0) return torch.zeros(0, cout, dtype: feats.dtype, device: feats.device);
+        var wk = weight.reshape(cout, k3, cin).permute(1, 2, 0);                 // [K³, in, out]
+        var padded = torch.cat(new[] { feats, torch.zeros(1, cin, dtype: feats.dtype, device: feats.device) }, 0);
+        nbr = nbr.On(feats.device);
+        long centre = k3 / 2;
+        // rows per chunk: the gathered [rows, in] block at most 8·GatherChunkElements elements (64 MB of float32), at least 512 rows
+        long chunk = Math.Max(512, GatherChunkElements * 8 / cin);
+        var parts = new List<Tensor>();
+        for (long s = 0; s < n; s += chunk)
+        {
+            long e = Math.Min(n, s + chunk), s0 = s;
+            parts.Add(Precision.Scoped(() =>
+            {
+                long rows = e - s0;
+                var own = feats.narrow(0, s0, rows);
+                var acc = bias is null ? own.matmul(wk[centre]) : torch.addmm(bias, own, wk[centre], 1, 1);
+                var idx = nbr.narrow(0, s0, rows).t().contiguous();                // [K³, rows]
+                for (long o = 0; o < k3; o++)
+                {
+                    if (o == centre) continue;
+                    using var inner = torch.NewDisposeScope();
+                    acc.addmm_(padded.index_select(0, idx[o]), wk[o]);
+                }
+                return acc;
+            }));
+        }
+        return parts.Count == 1 ? parts[0] : torch.cat(parts, 0);
     }
 
     /// <summary>
