@@ -34,7 +34,7 @@ internal static class Stage2Profile
         var temb = torch.randn(new long[] { 1, C }, generator: g).to(dtype);
         for (int rep = 0; rep < 3; rep++)
         {
-            SparseConv3d.PerOffsetEnabled = rep != 1;
+            SparseConv3d.PerOffsetEnabled = SparseConv3d.FuseUpsample = rep != 1;
             using var scope = torch.NewDisposeScope();
             var total = Stopwatch.StartNew();
             var sites = new SparseCoordinates(coords.clone(), 64);
@@ -47,7 +47,7 @@ internal static class Stage2Profile
                 Console.WriteLine($"  {what,-58} {s,8:F3} s{(gflop > 0 ? $"  {gflop,7:F1} GFLOP  {gflop / s,6:F1} GFLOP/s" : "")}");
                 return s;
             }
-            Console.WriteLine($"pass {rep + 1} ({(SparseConv3d.PerOffsetEnabled ? "per-offset GEMM for in >= 256" : "im2col chunks everywhere (before)")})");
+            Console.WriteLine($"pass {rep + 1} ({(SparseConv3d.PerOffsetEnabled ? "after: per-offset GEMM for wide convs, fused upsample-conv" : "im2col chunks everywhere (before)")})");
             T("neighbour map 3³ at 64³", 0, () => SparseNeighbours.Map(sites, 3));
             SparseTensor h0 = null!, h1 = null!, u0 = null!, u1 = null!;
             double Conv(long rows, long cin, long cout) => 2.0 * rows * 27 * cin * cout / 1e9;
@@ -60,7 +60,10 @@ internal static class Stage2Profile
             var cat = h1.ReplaceFeats(torch.cat(new[] { h1.Feats, h1.Feats }, 1));
             T("output block 0 (2048→128, up to 64³)", Conv(n, 2 * C, io) + Conv(n, io, io) + 2.0 * n * 2 * C * io / 1e9, () => u0 = o0.Forward(cat, temb));
             var up = SparseSpatial.Upsample(cat, 2);
-            T("  of which conv1 2048→128 at 64³", Conv(n, 2 * C, io), () => o0.conv1.Apply(up.Feats, up.Coordinates));
+            if (SparseConv3d.FuseUpsample)
+                T("  of which conv1 2048→128 of the copies (fused, coarse GEMM)", Conv(m, 2 * C, io), () => o0.conv1.ApplyUpsampled(cat.Feats, SparseSpatial.UpsampleMap(cat.Coordinates, 2)));
+            else
+                T("  of which conv1 2048→128 at 64³", Conv(n, 2 * C, io), () => o0.conv1.Apply(up.Feats, up.Coordinates));
             var cat2 = u0.ReplaceFeats(torch.cat(new[] { u0.Feats, h0.Feats }, 1));
             T("output block 1 (256→128, 64³)", Conv(n, 2 * io, io) + Conv(n, io, io) + 2.0 * n * 2 * io * io / 1e9, () => u1 = o1.Forward(cat2, temb));
             T("absolute position embedding (1024 ch, 32³ sites)", 0, () => SparseEmbeddings.AbsolutePosition(h1.Coordinates.Coords64[.., 1..], C, dtype));

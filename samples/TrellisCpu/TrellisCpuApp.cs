@@ -25,10 +25,11 @@ public static class TrellisCpuApp
         var blocksOpt = new Option<int?>("--blocks") { Description = "transformer blocks of every network (quick runs; default: the released depths 24 / 24 / 12)" };
         var tinyOpt = new Option<bool>("--tiny") { Description = "toy widths (a smoke test in seconds)" };
         var decodeAllOpt = new Option<bool>("--decode-every-schedule") { Description = "run the decoders after every schedule (default: after the first; later rows reuse its decoder times)" };
+        var compareOpt = new Option<string?>("--compare") { Description = "instead of the pipeline: each network in float32 and in this dtype (bfloat16 or float16) on the same inputs; relative error and speed (writes precision.md / precision.json)" };
         var seedOpt = new Option<long>("--seed") { Description = "seed of the random weights and noise", DefaultValueFactory = _ => 1 };
 
         var root = new RootCommand("TrellisCpu: the whole TRELLIS-image-large architecture on the CPU, timed stage by stage.");
-        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, seedOpt }) root.Options.Add(o);
+        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, compareOpt, seedOpt }) root.Options.Add(o);
 
         if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
         using var cts = new CancellationTokenSource();
@@ -47,6 +48,13 @@ public static class TrellisCpuApp
                 {
                     if (t < 1) throw new ArgumentException($"--threads must be >= 1, got {t}.");
                     torch.set_num_threads(t);
+                }
+                if (pr.GetValue(compareOpt) is { } cmp)
+                {
+                    var reduced = CpuFeatures.ResolveComputeDType(cmp);
+                    if (reduced is not (ScalarType.BFloat16 or ScalarType.Float16))
+                        throw new ArgumentException($"--compare takes bfloat16 or float16, got '{cmp}'.");
+                    return Compare(pr.GetValue(tinyOpt) ? NetworkScale.Tiny : NetworkScale.Large, reduced, pr.GetValue(blocksOpt), pr.GetValue(voxelsOpt), pr.GetValue(seedOpt), pr.GetValue(outOpt)!);
                 }
                 var request = pr.GetValue(dtypeOpt)!;
                 var dtype = CpuFeatures.ResolveComputeDType(request);
@@ -116,6 +124,22 @@ public static class TrellisCpuApp
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"peak memory (VmHWM) {report.PeakResidentBytes / 1e9:F2} GB; load average {report.LoadAverage[0]:F2} → {report.LoadAverage[1]:F2}; * = extrapolated or reused");
         AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(md)}[/] and {Markup.Escape(json)}");
+        return 0;
+    }
+
+    private static int Compare(NetworkScale scale, ScalarType reduced, int? blocks, int voxels, long seed, string outDir)
+    {
+        var start = DateTime.UtcNow;
+        double load0 = File.Exists("/proc/loadavg") ? double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) : double.NaN;
+        var results = PrecisionComparison.Run(scale, reduced, blocks, voxels, seed,
+            new SyncProgress(line => AnsiConsole.MarkupLine($"[grey]{(DateTime.UtcNow - start).TotalSeconds,7:F1} s[/] {Markup.Escape(line)}")));
+        double load1 = File.Exists("/proc/loadavg") ? double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) : double.NaN;
+        var context = $"{scale}{(blocks is { } b ? $", {b} blocks" : "")}, {torch.get_num_threads()} threads, native bf16: {CpuFeatures.HasNativeBFloat16}, load average {load0:F2} → {load1:F2}, peak memory {TrellisCpuBenchmark.ProcStatus("VmHWM") / 1e9:F2} GB";
+        var md = PrecisionComparison.ToMarkdown(results, reduced, context);
+        Directory.CreateDirectory(outDir);
+        TrellisCpuBenchmark.WriteAtomically(Path.Combine(outDir, "precision.md"), md);
+        TrellisCpuBenchmark.WriteAtomically(Path.Combine(outDir, "precision.json"), System.Text.Json.JsonSerializer.Serialize(results, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+        AnsiConsole.WriteLine(md);
         return 0;
     }
 

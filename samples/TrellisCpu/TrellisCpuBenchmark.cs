@@ -322,7 +322,7 @@ public static class TrellisCpuBenchmark
     }
 
     /// <summary>A field of /proc/self/status in bytes (0 where there is no such file).</summary>
-    internal static long ProcStatus(string key)
+    public static long ProcStatus(string key)
     {
         const string path = "/proc/self/status";
         if (!File.Exists(path)) return 0;
@@ -415,7 +415,8 @@ public static class TrellisCpuBenchmark
         return (json, md);
     }
 
-    private static void WriteAtomically(string path, string text)
+    /// <summary>Writes <paramref name="text"/> through a temporary file in the same folder and a rename.</summary>
+    public static void WriteAtomically(string path, string text)
     {
         var tmp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "." + Path.GetFileName(path) + "." + Guid.NewGuid().ToString("N") + ".tmp");
         try

@@ -61,21 +61,24 @@ public sealed class TrellisCpuNetworks : IDisposable
         yield return ("mesh decoder", Pipeline.MeshDecoder!);
     }
 
-    /// <summary>Builds the networks with random weights (see <see cref="Randomize{T}"/>; seeds <paramref name="seed"/> … +5).</summary>
+    /// <summary>The configs of the five pipeline networks.</summary>
+    /// <param name="StructureFlow">Stage-1 flow.</param>
+    /// <param name="StructureDecoder">Structure decoder.</param>
+    /// <param name="LatentFlow">Stage-2 flow.</param>
+    /// <param name="GaussianDecoder">Gaussian decoder.</param>
+    /// <param name="MeshDecoder">Mesh decoder.</param>
+    public sealed record PipelineConfigs(SparseStructureFlowConfig StructureFlow, SparseStructureDecoderConfig StructureDecoder, SLatFlowConfig LatentFlow,
+        SLatGaussianDecoderConfig GaussianDecoder, SLatMeshDecoderConfig MeshDecoder);
+
+    /// <summary>The released configs (or toy widths), with <paramref name="blocks"/> transformer blocks when given.</summary>
     /// <param name="scale">Released sizes or toy widths.</param>
-    /// <param name="dtype">Weight and compute dtype.</param>
-    /// <param name="blocks">Transformer blocks of every network (null: the released depth), for quick runs.</param>
-    /// <param name="seed">Seed of the first network's weights.</param>
-    public static TrellisCpuNetworks Build(NetworkScale scale, ScalarType dtype, int? blocks = null, long seed = 1)
+    /// <param name="blocks">Transformer blocks of every network (null: the released depth).</param>
+    /// <param name="cond">Width of the condition tokens.</param>
+    public static PipelineConfigs Configs(NetworkScale scale, int? blocks, long cond)
     {
         if (blocks is < 1) throw new ArgumentException($"blocks must be >= 1, got {blocks}.", nameof(blocks));
         bool large = scale == NetworkScale.Large;
         long Depth(long released) => blocks ?? released;
-
-        var dinoConfig = large ? Dinov2Config.VitL14Reg with { Depth = Depth(24) } : new Dinov2Config(64, Depth(1), 2);
-        var dino = Randomize(new Dinov2Model(dinoConfig, dtype), seed);
-        long cond = dinoConfig.EmbedDim;
-
         var ss = large
             ? SparseStructureFlowConfig.ImageLarge with { NumBlocks = Depth(24) }
             : SparseStructureFlowConfig.ImageLarge with { ModelChannels = 64, CondChannels = cond, NumBlocks = Depth(1), NumHeads = 2 };
@@ -85,7 +88,6 @@ public sealed class TrellisCpuNetworks : IDisposable
         var slat = large
             ? SLatFlowConfig.ImageLarge with { NumBlocks = Depth(24) }
             : SLatFlowConfig.ImageLarge with { ModelChannels = 64, CondChannels = cond, NumBlocks = Depth(1), NumHeads = 2, IoBlockChannels = new long[] { 16 } };
-
         var gsArgs = JsonNode.Parse(GaussianDecoderArgs)!.AsObject();
         var meshArgs = JsonNode.Parse(MeshDecoderArgs)!.AsObject();
         foreach (var a in new[] { gsArgs, meshArgs })
@@ -98,13 +100,26 @@ public sealed class TrellisCpuNetworks : IDisposable
                 a["num_heads"] = 4;
             }
         }
+        return new PipelineConfigs(ss, ssDec, slat, SLatGaussianDecoderConfig.FromArgs(gsArgs), SLatMeshDecoderConfig.FromArgs(meshArgs));
+    }
 
+    /// <summary>Builds the networks with random weights (see <see cref="Randomize{T}"/>; seeds <paramref name="seed"/> … +5).</summary>
+    /// <param name="scale">Released sizes or toy widths.</param>
+    /// <param name="dtype">Weight and compute dtype.</param>
+    /// <param name="blocks">Transformer blocks of every network (null: the released depth), for quick runs.</param>
+    /// <param name="seed">Seed of the first network's weights.</param>
+    public static TrellisCpuNetworks Build(NetworkScale scale, ScalarType dtype, int? blocks = null, long seed = 1)
+    {
+        bool large = scale == NetworkScale.Large;
+        var dinoConfig = large ? Dinov2Config.VitL14Reg with { Depth = blocks ?? 24 } : new Dinov2Config(64, blocks ?? 1, 2);
+        var dino = Randomize(new Dinov2Model(dinoConfig, dtype), seed);
+        var c = Configs(scale, blocks, dinoConfig.EmbedDim);
         var pipeline = new TrellisPipeline(
-            Randomize(new SparseStructureFlowModel(ss, dtype), seed + 1),
-            Randomize(new SparseStructureDecoder(ssDec, dtype), seed + 2),
-            Randomize(new SLatFlowModel(slat, dtype), seed + 3),
-            Randomize(TrellisCheckpoint.Build<SLatGaussianDecoder>(new TrellisModelConfig(SLatGaussianDecoderConfig.ClassName, gsArgs), dtype), seed + 4),
-            meshDecoder: Randomize(TrellisCheckpoint.Build<SLatMeshDecoder>(new TrellisModelConfig(SLatMeshDecoderConfig.ClassName, meshArgs), dtype), seed + 5));
+            Randomize(new SparseStructureFlowModel(c.StructureFlow, dtype), seed + 1),
+            Randomize(new SparseStructureDecoder(c.StructureDecoder, dtype), seed + 2),
+            Randomize(new SLatFlowModel(c.LatentFlow, dtype), seed + 3),
+            Randomize(new SLatGaussianDecoder(c.GaussianDecoder, dtype), seed + 4),
+            meshDecoder: Randomize(new SLatMeshDecoder(c.MeshDecoder, dtype), seed + 5));
         var nets = new TrellisCpuNetworks(dino, pipeline);
         foreach (var (_, m) in nets.All()) m.eval();
         return nets;

@@ -136,9 +136,54 @@ internal sealed class SparseConv3d : nn.Module
             return b is null ? feats.matmul(w2) : torch.addmm(b, feats, w2, 1, 1);
         }
         var nbr = SparseNeighbours.Map(coords, KernelSize);
-        return UsePerOffset(nbr.shape[1], InChannels, feats.device_type)
+        return UsePerOffset(nbr.shape[1], InChannels, OutChannels, feats.device_type)
             ? PerOffsetGemm(feats, nbr, w, b)
             : GatherGemm(feats, nbr, w, b);
+    }
+
+    /// <summary>Switch for A/B measurements of <see cref="ApplyUpsampled"/> in the residual blocks; on by default.</summary>
+    internal static bool FuseUpsample = true;
+
+    /// <summary>
+    /// The convolution of nearest-neighbour up-sampled features, <c>Apply(coarse[FineToCoarse], map.Fine)</c>, without
+    /// convolving the copies: every fine row is a copy of its coarse parent, so
+    /// <c>out[p] = b + Σ_o W_o · coarse[parent(p + o)]</c> = <c>b + Σ_o Y[parent(p + o), o]</c> with
+    /// <c>Y = coarse · [W_0 … W_{K³−1}]</c> computed once per coarse row: the GEMM shrinks by the fine-to-coarse row ratio
+    /// (≈ 5 on a 64³ shell), what remains is a gather-sum of K³ rows of <c>out</c> channels per fine row.
+    /// </summary>
+    /// <param name="coarse">Coarse features <c>[M, in]</c>.</param>
+    /// <param name="map">The map of the down-sampling the coarse sites came from.</param>
+    /// <returns><c>[N_fine, out]</c> in the fine row order.</returns>
+    internal Tensor ApplyUpsampled(Tensor coarse, DownsampleMap map)
+    {
+        if (coarse.dim() != 2 || coarse.shape[1] != InChannels || coarse.shape[0] != map.Coarse.Count)
+            throw new ArgumentException($"sparse conv expects coarse feats [{map.Coarse.Count}, {InChannels}], found [{string.Join(", ", coarse.shape)}].", nameof(coarse));
+        var parent = map.FineToCoarse.On(coarse.device);
+        if (KernelSize == 1) return Apply(coarse, map.Coarse).index_select(0, parent);
+        long m = coarse.shape[0], n = map.Fine.Count, cin = InChannels, cout = OutChannels;
+        var nbr = SparseNeighbours.Map(map.Fine, KernelSize).On(coarse.device);
+        long k3 = nbr.shape[1];
+        if (n == 0) return torch.zeros(0, cout, dtype: coarse.dtype, device: coarse.device);
+        var w = conv.weight.reshape(cout, k3, cin).permute(2, 1, 0).reshape(cin, k3 * cout);   // [in, K³·out], offset-major
+        var y = coarse.matmul(w).view(m * k3, cout);
+        var rows = torch.cat(new[] { y, torch.zeros(1, cout, dtype: y.dtype, device: y.device) }, 0);   // row m·K³: absent
+        // row of Y for (p, o): parent(nbr[p, o])·K³ + o, or the zero row where the neighbour is absent (nbr = n)
+        var parentOrNone = torch.cat(new[] { parent, torch.full(1, -1L, dtype: ScalarType.Int64, device: parent.device) }, 0);
+        var offsets = torch.arange(k3, dtype: ScalarType.Int64, device: parent.device).unsqueeze(0);
+        long chunk = Math.Max(1, GatherChunkElements / (k3 * cout));
+        var parts = new List<Tensor>();
+        for (long s = 0; s < n; s += chunk)
+        {
+            long e = Math.Min(n, s + chunk), s0 = s;
+            parts.Add(Precision.Scoped(() =>
+            {
+                var par = parentOrNone.index_select(0, nbr.narrow(0, s0, e - s0).reshape(-1)).view(e - s0, k3);
+                var idx = torch.where(par.ge(0), par * k3 + offsets, torch.full_like(par, m * k3));
+                var sum = rows.index_select(0, idx.view(-1)).view(e - s0, k3, cout).sum(1);
+                return conv.bias is null ? sum : sum + conv.bias;
+            }));
+        }
+        return parts.Count == 1 ? parts[0] : torch.cat(parts, 0);
     }
 
     /// <summary>
@@ -153,9 +198,17 @@ internal sealed class SparseConv3d : nn.Module
     /// <summary>Switch for A/B measurements (benchmarks/Stage2Profile); on by default.</summary>
     internal static bool PerOffsetEnabled = true;
 
-    /// <summary>True when the per-offset formulation is used: on the CPU, for more than <see cref="PerOffsetMinColumns"/> im2col columns.</summary>
-    internal static bool UsePerOffset(long k3, long inChannels, DeviceType device) =>
-        PerOffsetEnabled && device == DeviceType.CPU && k3 > 1 && k3 * inChannels > PerOffsetMinColumns;
+    /// <summary>
+    /// Output channels from which the per-offset GEMMs are wide enough to win: measured on stage 2's convolutions (2 cores,
+    /// float32, 1 thread, under load): 1024→1024 on 4,168 sites 2.7× faster per offset than in im2col chunks, 2048→128 on
+    /// 22,720 sites 1.2× slower (its 128-column GEMMs are thin and its gathers of 2048-wide rows dominate).
+    /// </summary>
+    internal static long PerOffsetMinOut = 256;
+
+    /// <summary>True when the per-offset formulation is used: on the CPU, for more than <see cref="PerOffsetMinColumns"/> im2col
+    /// columns and at least <see cref="PerOffsetMinOut"/> output channels.</summary>
+    internal static bool UsePerOffset(long k3, long inChannels, long outChannels, DeviceType device) =>
+        PerOffsetEnabled && device == DeviceType.CPU && k3 > 1 && k3 * inChannels > PerOffsetMinColumns && outChannels >= PerOffsetMinOut;
 
     /// <summary>
     /// <c>out = bias + Σ_o gather(feats, nbr[:, o]) · W_o</c>: one gather of <c>[rows, in]</c> and one GEMM against the

@@ -89,11 +89,16 @@ internal static class SparseSpatial
     /// <exception cref="InvalidOperationException">The tensor was not produced by a down-sampling with this factor.</exception>
     public static SparseTensor Upsample(SparseTensor x, int factor)
     {
-        var map = x.Coordinates.Get<DownsampleMap>($"upsample_{factor}")
-            ?? throw new InvalidOperationException($"SparseUpsample({factor}) needs the map of a preceding SparseDownsample({factor}) of the same sites; the input tensor has none.");
+        var map = UpsampleMap(x.Coordinates, factor);
         var idx = map.FineToCoarse.On(x.Device);
         return new SparseTensor(x.Feats.index_select(0, idx), map.Fine);
     }
+
+    /// <summary>The map of the down-sampling by <paramref name="factor"/> that produced <paramref name="coarse"/>.</summary>
+    /// <exception cref="InvalidOperationException">The sites were not produced by a down-sampling with this factor.</exception>
+    public static DownsampleMap UpsampleMap(SparseCoordinates coarse, int factor) =>
+        coarse.Get<DownsampleMap>($"upsample_{factor}")
+            ?? throw new InvalidOperationException($"SparseUpsample({factor}) needs the map of a preceding SparseDownsample({factor}) of the same sites; the input tensor has none.");
 
     /// <summary>
     /// TRELLIS's <c>SparseSubdivide</c>: every voxel becomes its 8 children <c>2·c + (dx, dy, dz)</c>, the children of a

@@ -15,9 +15,10 @@ public class SparseConvPerOffsetTests
         using var scope = torch.NewDisposeScope();
         var rng = new Generator(21);
         const int r = 7;
-        const long cin = 160, cout = 24;   // 27·160 = 4320 im2col columns > PerOffsetMinColumns: the per-offset path
-        Assert.True(SparseConv3d.UsePerOffset(27, cin, DeviceType.CPU));
-        Assert.False(SparseConv3d.UsePerOffset(27, 128, DeviceType.CPU));
+        const long cin = 160, cout = 256;   // 27·160 = 4320 im2col columns > PerOffsetMinColumns, 256 outputs: the per-offset path
+        Assert.True(SparseConv3d.UsePerOffset(27, cin, cout, DeviceType.CPU));
+        Assert.False(SparseConv3d.UsePerOffset(27, 128, cout, DeviceType.CPU));
+        Assert.False(SparseConv3d.UsePerOffset(27, 2048, 128, DeviceType.CPU));
         var coords = SparseTestData.RandomCoords(r, new[] { 70, 30 }, seed: 12);
         var feats = torch.randn(coords.shape[0], cin, dtype: ScalarType.Float64, generator: rng);
         var conv = new SparseConv3d(cin, cout, 3, true, ScalarType.Float64);
