@@ -26,10 +26,11 @@ public static class TrellisCpuApp
         var tinyOpt = new Option<bool>("--tiny") { Description = "toy widths (a smoke test in seconds)" };
         var decodeAllOpt = new Option<bool>("--decode-every-schedule") { Description = "run the decoders after every schedule (default: after the first; later rows reuse its decoder times)" };
         var compareOpt = new Option<string?>("--compare") { Description = "instead of the pipeline: each network in float32 and in this dtype (bfloat16 or float16) on the same inputs; relative error and speed (writes precision.md / precision.json)" };
+        var rateOpt = new Option<bool>("--matmul-rate") { Description = "instead of the pipeline: the machine's GEMM rate (2048³ float32 and bfloat16 matmuls), the yardstick of the stage times" };
         var seedOpt = new Option<long>("--seed") { Description = "seed of the random weights and noise", DefaultValueFactory = _ => 1 };
 
         var root = new RootCommand("TrellisCpu: the whole TRELLIS-image-large architecture on the CPU, timed stage by stage.");
-        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, compareOpt, seedOpt }) root.Options.Add(o);
+        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, compareOpt, rateOpt, seedOpt }) root.Options.Add(o);
 
         if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
         using var cts = new CancellationTokenSource();
@@ -49,6 +50,7 @@ public static class TrellisCpuApp
                     if (t < 1) throw new ArgumentException($"--threads must be >= 1, got {t}.");
                     torch.set_num_threads(t);
                 }
+                if (pr.GetValue(rateOpt)) return MatmulRate();
                 if (pr.GetValue(compareOpt) is { } cmp)
                 {
                     var reduced = CpuFeatures.ResolveComputeDType(cmp);
@@ -124,6 +126,33 @@ public static class TrellisCpuApp
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"peak memory (VmHWM) {report.PeakResidentBytes / 1e9:F2} GB; load average {report.LoadAverage[0]:F2} → {report.LoadAverage[1]:F2}; * = extrapolated or reused");
         AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(md)}[/] and {Markup.Escape(json)}");
+        return 0;
+    }
+
+    private static int MatmulRate()
+    {
+        using var noGrad = torch.no_grad();
+        const long n = 2048;
+        foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        {
+            using var scope = torch.NewDisposeScope();
+            var g = new Generator(1);
+            var a = torch.randn(new[] { n, n }, generator: g).to(dt);
+            var b = torch.randn(new[] { n, n }, generator: g).to(dt);
+            a.matmul(b);   // warm-up
+            var best = double.MaxValue;
+            double cpuAtBest = 0;
+            for (int i = 0; i < 5; i++)
+            {
+                var cpu0 = System.Diagnostics.Process.GetCurrentProcess().TotalProcessorTime;
+                var sw = System.Diagnostics.Stopwatch.StartNew();
+                a.matmul(b).Dispose();
+                double s = sw.Elapsed.TotalSeconds;
+                if (s < best) { best = s; cpuAtBest = (System.Diagnostics.Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds; }
+            }
+            double gflop = 2.0 * n * n * n / 1e9;
+            AnsiConsole.MarkupLine($"{dt}: {gflop / best:F1} GFLOP/s (best of 5 {n}³ matmuls, {best:F3} s wall, {cpuAtBest:F3} s CPU, {torch.get_num_threads()} threads)");
+        }
         return 0;
     }
 

@@ -156,12 +156,27 @@ internal sealed class SparseConv3d : nn.Module
     /// <returns><c>[N_fine, out]</c> in the fine row order.</returns>
     internal Tensor ApplyUpsampled(Tensor coarse, DownsampleMap map)
     {
-        if (coarse.dim() != 2 || coarse.shape[1] != InChannels || coarse.shape[0] != map.Coarse.Count)
+        if (coarse.shape[0] != map.Coarse.Count)
             throw new ArgumentException($"sparse conv expects coarse feats [{map.Coarse.Count}, {InChannels}], found [{string.Join(", ", coarse.shape)}].", nameof(coarse));
-        var parent = map.FineToCoarse.On(coarse.device);
-        if (KernelSize == 1) return Apply(coarse, map.Coarse).index_select(0, parent);
-        long m = coarse.shape[0], n = map.Fine.Count, cin = InChannels, cout = OutChannels;
-        var nbr = SparseNeighbours.Map(map.Fine, KernelSize).On(coarse.device);
+        return ApplyCopied(coarse, map.FineToCoarse, map.Fine);
+    }
+
+    /// <summary>
+    /// The convolution on <paramref name="fine"/> sites of features copied from parent rows,
+    /// <c>Apply(parents[parent], fine)</c>, computed as in <see cref="ApplyUpsampled"/> (up-sampling, subdivision).
+    /// </summary>
+    /// <param name="parents">Parent features <c>[M, in]</c>.</param>
+    /// <param name="parent"><c>[N_fine]</c> int64: the parent row of every fine row.</param>
+    /// <param name="fine">The fine sites.</param>
+    internal Tensor ApplyCopied(Tensor parents, Tensor parent, SparseCoordinates fine)
+    {
+        var coarse = parents;
+        if (coarse.dim() != 2 || coarse.shape[1] != InChannels)
+            throw new ArgumentException($"sparse conv expects parent feats [M, {InChannels}], found [{string.Join(", ", coarse.shape)}].", nameof(parents));
+        parent = parent.On(coarse.device);
+        if (KernelSize == 1) return Apply(coarse, fine).index_select(0, parent);
+        long m = coarse.shape[0], n = fine.Count, cin = InChannels, cout = OutChannels;
+        var nbr = SparseNeighbours.Map(fine, KernelSize).On(coarse.device);
         long k3 = nbr.shape[1];
         if (n == 0) return torch.zeros(0, cout, dtype: coarse.dtype, device: coarse.device);
         var w = conv.weight.reshape(cout, k3, cin).permute(2, 1, 0).reshape(cin, k3 * cout);   // [in, K³·out], offset-major

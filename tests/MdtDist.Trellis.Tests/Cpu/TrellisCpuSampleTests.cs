@@ -124,3 +124,24 @@ public class CpuFeaturesTests
         }
     }
 }
+
+/// <summary>bfloat16 against float32 on every network of the pipeline (toy widths): within the format's bound.</summary>
+public class TrellisCpuPrecisionTests
+{
+    [Fact]
+    public void EveryNetworkInBFloat16StaysWithinTheFormatBound()
+    {
+        var results = PrecisionComparison.Run(NetworkScale.Tiny, ScalarType.BFloat16, blocks: null, voxels: 300, seed: 3);
+        using var nets = TrellisCpuNetworks.Build(NetworkScale.Tiny, ScalarType.BFloat16, seed: 3);
+        var layers = nets.All().ToDictionary(n => n.Name, n => MdtDist.TestSupport.ReducedPrecision.RoundedLayers(n.Module, ScalarType.BFloat16));
+        Assert.Equal(layers.Keys.OrderBy(k => k), results.Select(r => r.Network).OrderBy(k => k));
+        foreach (var r in results)
+        {
+            // bound 6·u·L with u = 2^-8 and L the network's rounded weight layers (derivation in ReducedPrecision); a broken
+            // bf16 path (a wrong cast, garbage weights) gives an error of order 1
+            double bound = MdtDist.TestSupport.ReducedPrecision.Tolerance(ScalarType.BFloat16, layers[r.Network]);
+            Assert.True(r.RelativeError < Math.Min(bound, 0.5), $"{r.Network}: relative error {r.RelativeError:E2}, bound {bound:E2} ({layers[r.Network]} layers)");
+            Assert.True(r.RelativeError > 0, $"{r.Network}: bfloat16 output identical to float32: the reduced dtype was not used");
+        }
+    }
+}
