@@ -33,7 +33,8 @@ public static class PrecisionComparison
     /// <param name="voxels">Voxels of the stage-2 shell.</param>
     /// <param name="seed">Seed.</param>
     /// <param name="progress">One line per network.</param>
-    public static IReadOnlyList<PrecisionResult> Run(NetworkScale scale, ScalarType reduced, int? blocks, int voxels, long seed = 1, IProgress<string>? progress = null)
+    /// <param name="includeMesh">Compare the mesh decoder too (its 256³ stage needs the most memory).</param>
+    public static IReadOnlyList<PrecisionResult> Run(NetworkScale scale, ScalarType reduced, int? blocks, int voxels, long seed = 1, IProgress<string>? progress = null, bool includeMesh = true)
     {
         using var noGrad = torch.no_grad();
         var results = new List<PrecisionResult>();
@@ -94,6 +95,7 @@ public static class PrecisionComparison
                 foreach (var x in gs) x.Dispose();
                 return y;
             }));
+        if (!includeMesh) return results;
         results.Add(Compare("mesh decoder", "FlexiCubes inputs (vertex attributes: SDF, deformation, colour, normals)",
             () => TrellisCpuNetworks.Randomize(new SLatMeshDecoder(nets.MeshDecoder), seed + 5),
             (m, dt) =>

@@ -26,11 +26,12 @@ public static class TrellisCpuApp
         var tinyOpt = new Option<bool>("--tiny") { Description = "toy widths (a smoke test in seconds)" };
         var decodeAllOpt = new Option<bool>("--decode-every-schedule") { Description = "run the decoders after every schedule (default: after the first; later rows reuse its decoder times)" };
         var compareOpt = new Option<string?>("--compare") { Description = "instead of the pipeline: each network in float32 and in this dtype (bfloat16 or float16) on the same inputs; relative error and speed (writes precision.md / precision.json)" };
+        var noMeshOpt = new Option<bool>("--no-mesh") { Description = "with --compare: leave out the mesh decoder (its 256³ stage needs the most memory)" };
         var rateOpt = new Option<bool>("--matmul-rate") { Description = "instead of the pipeline: the machine's GEMM rate (2048³ float32 and bfloat16 matmuls), the yardstick of the stage times" };
         var seedOpt = new Option<long>("--seed") { Description = "seed of the random weights and noise", DefaultValueFactory = _ => 1 };
 
         var root = new RootCommand("TrellisCpu: the whole TRELLIS-image-large architecture on the CPU, timed stage by stage.");
-        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, compareOpt, rateOpt, seedOpt }) root.Options.Add(o);
+        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, compareOpt, noMeshOpt, rateOpt, seedOpt }) root.Options.Add(o);
 
         if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
         using var cts = new CancellationTokenSource();
@@ -56,7 +57,7 @@ public static class TrellisCpuApp
                     var reduced = CpuFeatures.ResolveComputeDType(cmp);
                     if (reduced is not (ScalarType.BFloat16 or ScalarType.Float16))
                         throw new ArgumentException($"--compare takes bfloat16 or float16, got '{cmp}'.");
-                    return Compare(pr.GetValue(tinyOpt) ? NetworkScale.Tiny : NetworkScale.Large, reduced, pr.GetValue(blocksOpt), pr.GetValue(voxelsOpt), pr.GetValue(seedOpt), pr.GetValue(outOpt)!);
+                    return Compare(pr.GetValue(tinyOpt) ? NetworkScale.Tiny : NetworkScale.Large, reduced, pr.GetValue(blocksOpt), pr.GetValue(voxelsOpt), pr.GetValue(seedOpt), pr.GetValue(outOpt)!, !pr.GetValue(noMeshOpt));
                 }
                 var request = pr.GetValue(dtypeOpt)!;
                 var dtype = CpuFeatures.ResolveComputeDType(request);
@@ -156,12 +157,12 @@ public static class TrellisCpuApp
         return 0;
     }
 
-    private static int Compare(NetworkScale scale, ScalarType reduced, int? blocks, int voxels, long seed, string outDir)
+    private static int Compare(NetworkScale scale, ScalarType reduced, int? blocks, int voxels, long seed, string outDir, bool includeMesh)
     {
         var start = DateTime.UtcNow;
         double load0 = File.Exists("/proc/loadavg") ? double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) : double.NaN;
         var results = PrecisionComparison.Run(scale, reduced, blocks, voxels, seed,
-            new SyncProgress(line => AnsiConsole.MarkupLine($"[grey]{(DateTime.UtcNow - start).TotalSeconds,7:F1} s[/] {Markup.Escape(line)}")));
+            new SyncProgress(line => AnsiConsole.MarkupLine($"[grey]{(DateTime.UtcNow - start).TotalSeconds,7:F1} s[/] {Markup.Escape(line)}")), includeMesh);
         double load1 = File.Exists("/proc/loadavg") ? double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) : double.NaN;
         var context = $"{scale}{(blocks is { } b ? $", {b} blocks" : "")}, {torch.get_num_threads()} threads, native bf16: {CpuFeatures.HasNativeBFloat16}, load average {load0:F2} → {load1:F2}, peak memory {TrellisCpuBenchmark.ProcStatus("VmHWM") / 1e9:F2} GB";
         var md = PrecisionComparison.ToMarkdown(results, reduced, context);
