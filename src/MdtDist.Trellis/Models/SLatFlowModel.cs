@@ -54,6 +54,7 @@ internal sealed class SparseResBlock3d : nn.Module
             throw new ArgumentException($"SparseResBlock3d expects {Channels} channels, found {x.Feats.shape[1]}.", nameof(x));
         var embOut = emb_layers.forward(emb).As(x.Dtype);
         var ss = embOut.chunk(2, 1);
+        if (_up && SparseConv3d.FuseUpsample) return ForwardUpsampled(x, ss[0], ss[1]);
         if (_down) x = SparseSpatial.Downsample(x, 2);
         else if (_up) x = SparseSpatial.Upsample(x, 2);
         var scale = x.PerRow(ss[0]);
@@ -64,6 +65,22 @@ internal sealed class SparseResBlock3d : nn.Module
         h = conv2.Apply(nn.functional.silu(h), x.Coordinates);
         h = h + (skip_connection is null ? x.Feats : skip_connection.forward(x.Feats));
         return x.ReplaceFeats(h);
+    }
+
+    /// <summary>
+    /// The up-sampling block without convolving copies: norm1, SiLU and the skip projection act row by row, so they run
+    /// on the coarse rows before the copy, and conv1 of the copies is <see cref="SparseConv3d.ApplyUpsampled"/>.
+    /// </summary>
+    private SparseTensor ForwardUpsampled(SparseTensor x, Tensor scale, Tensor shift)
+    {
+        var map = SparseSpatial.UpsampleMap(x.Coordinates, 2);
+        var parent = map.FineToCoarse.On(x.Device);
+        var sample = map.Fine.SampleIndex.On(x.Device);
+        var h = conv1.ApplyUpsampled(nn.functional.silu(norm1.forward(x.Feats)), map);
+        h = norm2.forward(h) * (scale.index_select(0, sample) + 1) + shift.index_select(0, sample);
+        h = conv2.Apply(nn.functional.silu(h), map.Fine);
+        var skip = skip_connection is null ? x.Feats : skip_connection.forward(x.Feats);
+        return new SparseTensor(h + skip.index_select(0, parent), map.Fine);
     }
 }
 

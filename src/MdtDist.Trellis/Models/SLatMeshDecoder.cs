@@ -54,16 +54,17 @@ internal sealed class SparseSubdivideBlock3d : nn.Module
         var gn2 = (SparseGroupNorm32)out_layers[1];
         var conv2 = (SparseConv3d)out_layers[3];
 
-        var h = gn1.Forward(x);
-        h = h.ReplaceFeats(nn.functional.silu(h.Feats));
-        h = SparseSpatial.Subdivide(h);
-        var xs = SparseSpatial.Subdivide(x);
-        h = conv1.Forward(h.ReplaceFeats(h.Feats.As(conv1.conv.weight.dtype)));
-        h = gn2.Forward(h);
+        // GN, SiLU and the kernel-1 skip act row by row, so they run on the parent rows before the copy, and conv1 of the
+        // copies is computed from the parents (SparseConv3d.ApplyCopied): 8× fewer rows in its GEMM.
+        var a = gn1.Forward(x);
+        var fine = SparseSpatial.SubdivideSites(x.Coordinates);
+        var parent = torch.arange(fine.Count, dtype: ScalarType.Int64, device: x.Device).div(8, RoundingMode.floor);
+        var hf = conv1.ApplyCopied(nn.functional.silu(a.Feats).As(conv1.conv.weight.dtype), parent, fine);
+        var h = gn2.Forward(new SparseTensor(hf, fine));
         h = h.ReplaceFeats(nn.functional.silu(h.Feats));
         h = conv2.Forward(h.ReplaceFeats(h.Feats.As(conv2.conv.weight.dtype)));
-        var skip = skip_connection is null ? xs.Feats : skip_connection.Apply(xs.Feats.As(skip_connection.conv.weight.dtype), xs.Coordinates);
-        return h.ReplaceFeats(h.Feats + skip.As(h.Dtype));
+        var skip = skip_connection is null ? x.Feats : skip_connection.Apply(x.Feats.As(skip_connection.conv.weight.dtype), x.Coordinates);
+        return h.ReplaceFeats(h.Feats + skip.index_select(0, parent).As(h.Dtype));
     }
 
     /// <summary>Converts the convolutions to <paramref name="dtype"/> (TRELLIS's <c>convert_module_to_f16</c> leaves the norms).</summary>
@@ -149,7 +150,11 @@ public class SLatMeshDecoder : SparseTransformerBase<IReadOnlyList<FlexiCubesInp
         ArgumentNullException.ThrowIfNull(x);
         using var scope = torch.NewDisposeScope();
         var h = ForwardTrunk(x);
-        foreach (var block in upsample) h = block.Forward(h);
+        foreach (var block in upsample)
+        {
+            var hin = h;
+            h = Precision.Scoped(() => block.Forward(hin));
+        }
         var f = out_layer.forward(h.Feats.As(x.Dtype).As(out_layer.weight.dtype)).As(x.Dtype);
         return new SparseTensor(f.MoveToOuterDisposeScope(), h.Coordinates);
     }

@@ -135,7 +135,132 @@ internal sealed class SparseConv3d : nn.Module
             var w2 = w.reshape(InChannels, OutChannels);
             return b is null ? feats.matmul(w2) : torch.addmm(b, feats, w2, 1, 1);
         }
-        return GatherGemm(feats, SparseNeighbours.Map(coords, KernelSize), w, b);
+        var nbr = SparseNeighbours.Map(coords, KernelSize);
+        return UsePerOffset(nbr.shape[1], InChannels, OutChannels, feats.device_type)
+            ? PerOffsetGemm(feats, nbr, w, b)
+            : GatherGemm(feats, nbr, w, b);
+    }
+
+    /// <summary>Switch for A/B measurements of <see cref="ApplyUpsampled"/> in the residual blocks; on by default.</summary>
+    internal static bool FuseUpsample = true;
+
+    /// <summary>
+    /// The convolution of nearest-neighbour up-sampled features, <c>Apply(coarse[FineToCoarse], map.Fine)</c>, without
+    /// convolving the copies: every fine row is a copy of its coarse parent, so
+    /// <c>out[p] = b + Σ_o W_o · coarse[parent(p + o)]</c> = <c>b + Σ_o Y[parent(p + o), o]</c> with
+    /// <c>Y = coarse · [W_0 … W_{K³−1}]</c> computed once per coarse row: the GEMM shrinks by the fine-to-coarse row ratio
+    /// (≈ 5 on a 64³ shell), what remains is a gather-sum of K³ rows of <c>out</c> channels per fine row.
+    /// </summary>
+    /// <param name="coarse">Coarse features <c>[M, in]</c>.</param>
+    /// <param name="map">The map of the down-sampling the coarse sites came from.</param>
+    /// <returns><c>[N_fine, out]</c> in the fine row order.</returns>
+    internal Tensor ApplyUpsampled(Tensor coarse, DownsampleMap map)
+    {
+        if (coarse.shape[0] != map.Coarse.Count)
+            throw new ArgumentException($"sparse conv expects coarse feats [{map.Coarse.Count}, {InChannels}], found [{string.Join(", ", coarse.shape)}].", nameof(coarse));
+        return ApplyCopied(coarse, map.FineToCoarse, map.Fine);
+    }
+
+    /// <summary>
+    /// The convolution on <paramref name="fine"/> sites of features copied from parent rows,
+    /// <c>Apply(parents[parent], fine)</c>, computed as in <see cref="ApplyUpsampled"/> (up-sampling, subdivision).
+    /// </summary>
+    /// <param name="parents">Parent features <c>[M, in]</c>.</param>
+    /// <param name="parent"><c>[N_fine]</c> int64: the parent row of every fine row.</param>
+    /// <param name="fine">The fine sites.</param>
+    internal Tensor ApplyCopied(Tensor parents, Tensor parent, SparseCoordinates fine)
+    {
+        var coarse = parents;
+        if (coarse.dim() != 2 || coarse.shape[1] != InChannels)
+            throw new ArgumentException($"sparse conv expects parent feats [M, {InChannels}], found [{string.Join(", ", coarse.shape)}].", nameof(parents));
+        parent = parent.On(coarse.device);
+        if (KernelSize == 1) return Apply(coarse, fine).index_select(0, parent);
+        long m = coarse.shape[0], n = fine.Count, cin = InChannels, cout = OutChannels;
+        var nbr = SparseNeighbours.Map(fine, KernelSize).On(coarse.device);
+        long k3 = nbr.shape[1];
+        if (n == 0) return torch.zeros(0, cout, dtype: coarse.dtype, device: coarse.device);
+        var w = conv.weight.reshape(cout, k3, cin).permute(2, 1, 0).reshape(cin, k3 * cout);   // [in, K³·out], offset-major
+        var y = coarse.matmul(w).view(m * k3, cout);
+        var rows = torch.cat(new[] { y, torch.zeros(1, cout, dtype: y.dtype, device: y.device) }, 0);   // row m·K³: absent
+        // row of Y for (p, o): parent(nbr[p, o])·K³ + o, or the zero row where the neighbour is absent (nbr = n)
+        var parentOrNone = torch.cat(new[] { parent, torch.full(1, -1L, dtype: ScalarType.Int64, device: parent.device) }, 0);
+        var offsets = torch.arange(k3, dtype: ScalarType.Int64, device: parent.device).unsqueeze(0);
+        long chunk = Math.Max(1, GatherChunkElements / (k3 * cout));
+        var parts = new List<Tensor>();
+        for (long s = 0; s < n; s += chunk)
+        {
+            long e = Math.Min(n, s + chunk), s0 = s;
+            parts.Add(Precision.Scoped(() =>
+            {
+                var par = parentOrNone.index_select(0, nbr.narrow(0, s0, e - s0).reshape(-1)).view(e - s0, k3);
+                var idx = torch.where(par.ge(0), par * k3 + offsets, torch.full_like(par, m * k3));
+                var sum = rows.index_select(0, idx.view(-1)).view(e - s0, k3, cout).sum(1);
+                return conv.bias is null ? sum : sum + conv.bias;
+            }));
+        }
+        return parts.Count == 1 ? parts[0] : torch.cat(parts, 0);
+    }
+
+    /// <summary>
+    /// im2col columns (K³·in) from which the CPU takes the per-offset formulation. The im2col chunk holds
+    /// <see cref="GatherChunkElements"/> / (K³·in) rows, and below about 512 rows its GEMM streams the whole
+    /// <c>[K³·in, out]</c> weight from memory for a handful of rows: at in = 1024 (stage 2's 32³ convolution) a chunk held
+    /// 75 rows against a 113 MB float32 weight and the convolution ran memory-bound. 2M / 512 = 4096 columns, i.e. in ≥ 152
+    /// for K = 3.
+    /// </summary>
+    internal static long PerOffsetMinColumns = 4096;
+
+    /// <summary>Switch for A/B measurements (benchmarks/Stage2Profile); on by default.</summary>
+    internal static bool PerOffsetEnabled = true;
+
+    /// <summary>
+    /// Output channels from which the per-offset GEMMs are wide enough to win: measured on stage 2's convolutions (2 cores,
+    /// float32, 1 thread, under load): 1024→1024 on 4,168 sites 2.7× faster per offset than in im2col chunks, 2048→128 on
+    /// 22,720 sites 1.2× slower (its 128-column GEMMs are thin and its gathers of 2048-wide rows dominate).
+    /// </summary>
+    internal static long PerOffsetMinOut = 256;
+
+    /// <summary>True when the per-offset formulation is used: on the CPU, for more than <see cref="PerOffsetMinColumns"/> im2col
+    /// columns and at least <see cref="PerOffsetMinOut"/> output channels.</summary>
+    internal static bool UsePerOffset(long k3, long inChannels, long outChannels, DeviceType device) =>
+        PerOffsetEnabled && device == DeviceType.CPU && k3 > 1 && k3 * inChannels > PerOffsetMinColumns && outChannels >= PerOffsetMinOut;
+
+    /// <summary>
+    /// <c>out = bias + Σ_o gather(feats, nbr[:, o]) · W_o</c>: one gather of <c>[rows, in]</c> and one GEMM against the
+    /// <c>[in, out]</c> slice of the weight per kernel offset, accumulated in place (spconv's gather-GEMM-scatter order
+    /// for submanifold convolutions). Each GEMM has every row of the chunk and a weight slice that stays in cache.
+    /// </summary>
+    internal static Tensor PerOffsetGemm(Tensor feats, Tensor nbr, Tensor weight, Tensor? bias)
+    {
+        long n = feats.shape[0], cin = feats.shape[1], cout = weight.shape[0];
+        long k3 = nbr.shape[1];
+        if (n == 0) return torch.zeros(0, cout, dtype: feats.dtype, device: feats.device);
+        var wk = weight.reshape(cout, k3, cin).permute(1, 2, 0);                 // [K³, in, out]
+        var padded = torch.cat(new[] { feats, torch.zeros(1, cin, dtype: feats.dtype, device: feats.device) }, 0);
+        nbr = nbr.On(feats.device);
+        long centre = k3 / 2;
+        // rows per chunk: the gathered [rows, in] block at most 8·GatherChunkElements elements (64 MB of float32), at least 512 rows
+        long chunk = Math.Max(512, GatherChunkElements * 8 / cin);
+        var parts = new List<Tensor>();
+        for (long s = 0; s < n; s += chunk)
+        {
+            long e = Math.Min(n, s + chunk), s0 = s;
+            parts.Add(Precision.Scoped(() =>
+            {
+                long rows = e - s0;
+                var own = feats.narrow(0, s0, rows);
+                var acc = bias is null ? own.matmul(wk[centre]) : torch.addmm(bias, own, wk[centre], 1, 1);
+                var idx = nbr.narrow(0, s0, rows).t().contiguous();                // [K³, rows]
+                for (long o = 0; o < k3; o++)
+                {
+                    if (o == centre) continue;
+                    using var inner = torch.NewDisposeScope();
+                    acc.addmm_(padded.index_select(0, idx[o]), wk[o]);
+                }
+                return acc;
+            }));
+        }
+        return parts.Count == 1 ? parts[0] : torch.cat(parts, 0);
     }
 
     /// <summary>

@@ -89,11 +89,16 @@ internal static class SparseSpatial
     /// <exception cref="InvalidOperationException">The tensor was not produced by a down-sampling with this factor.</exception>
     public static SparseTensor Upsample(SparseTensor x, int factor)
     {
-        var map = x.Coordinates.Get<DownsampleMap>($"upsample_{factor}")
-            ?? throw new InvalidOperationException($"SparseUpsample({factor}) needs the map of a preceding SparseDownsample({factor}) of the same sites; the input tensor has none.");
+        var map = UpsampleMap(x.Coordinates, factor);
         var idx = map.FineToCoarse.On(x.Device);
         return new SparseTensor(x.Feats.index_select(0, idx), map.Fine);
     }
+
+    /// <summary>The map of the down-sampling by <paramref name="factor"/> that produced <paramref name="coarse"/>.</summary>
+    /// <exception cref="InvalidOperationException">The sites were not produced by a down-sampling with this factor.</exception>
+    public static DownsampleMap UpsampleMap(SparseCoordinates coarse, int factor) =>
+        coarse.Get<DownsampleMap>($"upsample_{factor}")
+            ?? throw new InvalidOperationException($"SparseUpsample({factor}) needs the map of a preceding SparseDownsample({factor}) of the same sites; the input tensor has none.");
 
     /// <summary>
     /// TRELLIS's <c>SparseSubdivide</c>: every voxel becomes its 8 children <c>2·c + (dx, dy, dz)</c>, the children of a
@@ -101,7 +106,17 @@ internal static class SparseSpatial
     /// </summary>
     public static SparseTensor Subdivide(SparseTensor x)
     {
-        var fine = x.Coordinates.GetOrAdd("subdivide", () =>
+        var fine = SubdivideSites(x.Coordinates);
+        var f = x.Feats;
+        var shape = f.shape.ToArray();
+        var expanded = f.unsqueeze(1).expand(new[] { shape[0], 8L }.Concat(shape.Skip(1)).ToArray());
+        return new SparseTensor(expanded.flatten(0, 1), fine);
+    }
+
+    /// <summary>The sites of <see cref="Subdivide"/> (cached on <paramref name="coarse"/>); the parent of fine row r is r / 8.</summary>
+    public static SparseCoordinates SubdivideSites(SparseCoordinates coarse)
+    {
+        return coarse.GetOrAdd("subdivide", () =>
         {
             var offsets = new long[8 * 4];
             for (int i = 0; i < 8; i++)
@@ -110,19 +125,15 @@ internal static class SparseSpatial
                 offsets[i * 4 + 2] = (i >> 1) & 1;
                 offsets[i * 4 + 3] = i & 1;
             }
-            var off = torch.tensor(offsets, dtype: ScalarType.Int64, device: x.Coordinates.Device).view(1, 8, 4);
-            var scale = torch.tensor(new long[] { 1, 2, 2, 2 }, dtype: ScalarType.Int64, device: x.Coordinates.Device);
-            var nc = (x.Coordinates.Coords64 * scale).unsqueeze(1) + off;
+            var off = torch.tensor(offsets, dtype: ScalarType.Int64, device: coarse.Device).view(1, 8, 4);
+            var scale = torch.tensor(new long[] { 1, 2, 2, 2 }, dtype: ScalarType.Int64, device: coarse.Device);
+            var nc = (coarse.Coords64 * scale).unsqueeze(1) + off;
             var coords = nc.flatten(0, 1).to(ScalarType.Int32);
-            var src = x.Coordinates;
+            var src = coarse;
             var counts = src.RowCounts.Select(c => c * 8).ToArray();
             var extent = src.Extent.Select(e => e * 2).ToArray();
             if (src.Count == 0) extent = new long[] { 0, 0, 0 };
             return new SparseCoordinates(coords, src.BatchSize, counts, src.Resolution is { } r ? r * 2 : null, extent);
         });
-        var f = x.Feats;
-        var shape = f.shape.ToArray();
-        var expanded = f.unsqueeze(1).expand(new[] { shape[0], 8L }.Concat(shape.Skip(1)).ToArray());
-        return new SparseTensor(expanded.flatten(0, 1), fine);
     }
 }

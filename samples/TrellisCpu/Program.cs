@@ -1,0 +1,3 @@
+using TrellisCpu;
+
+return TrellisCpuApp.Run(args);
