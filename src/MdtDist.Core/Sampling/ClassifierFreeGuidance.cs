@@ -10,7 +10,7 @@ namespace MdtDist.Core.Sampling;
 /// velocity alone is used (one network evaluation). Solvers never need to know about guidance.
 /// Note TRELLIS's strength w = 5 corresponds to a diffusers-style guidance scale of 6.
 /// </summary>
-public sealed class ClassifierFreeGuidance : IFlowModel
+public sealed class ClassifierFreeGuidance : IFlowModel, IDisposable
 {
     private readonly Tensor? _negative;
     private readonly object _pairLock = new();
@@ -107,6 +107,17 @@ public sealed class ClassifierFreeGuidance : IFlowModel
         if (n == ts.Length) return guided.MoveToOuterDisposeScope();
         var mask = x.PerSample(torch.tensor(inside.Select(b => b ? 1.0 : 0.0).ToArray(), dtype: x.Data.dtype, device: x.Data.device)).to(ScalarType.Bool);
         return torch.where(mask, guided, vc).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Frees the concatenated condition kept by <see cref="BatchedPasses"/> (the wrapper stays usable).</summary>
+    public void Dispose()
+    {
+        lock (_pairLock)
+        {
+            _pair?.Dispose();
+            _pair = null;
+            _pairCondition = null;
+        }
     }
 
     /// <summary>
