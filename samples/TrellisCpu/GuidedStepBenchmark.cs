@@ -22,6 +22,7 @@ internal static class GuidedStepBenchmark
     {
         var cfg = SparseStructureFlowConfig.ImageLarge with { ModelChannels = width, NumBlocks = blocks, Resolution = resolution, NumHeads = width / 64, UseFp16 = false };
         using var net = RandomTinyTrellis.Randomize(new SparseStructureFlowModel(cfg, ScalarType.Float32), seed);
+        net.eval();   // the K/V cache works in eval mode only
         var adapter = new SparseStructureFlowAdapter(net);
         var g = new Generator((ulong)seed);
         using var x = torch.randn(adapter.LatentShape(1), generator: g);

@@ -135,7 +135,7 @@ internal sealed class MultiHeadAttention : nn.Module<Tensor, Tensor?, Tensor>
             if (context is null) throw new ArgumentException("cross-attention needs a context tensor.", nameof(context));
             long lkv = context.shape[1];
             q = to_q!.forward(x).reshape(b, l, NumHeads, -1);
-            var kv = _kvCache.Project(to_kv!, context).reshape(b, lkv, 2, NumHeads, -1);
+            var kv = _kvCache.Project(to_kv!, context, training).reshape(b, lkv, 2, NumHeads, -1);
             var parts = kv.unbind(2);
             (k, v) = (parts[0], parts[1]);
         }

@@ -10,8 +10,9 @@ namespace MdtDist.Trellis.Modules;
 /// while the same condition comes back (every step of a sampler run). Identity of the condition: the same storage
 /// (data pointer and offset, kept alive by an alias the cache holds, so the address cannot be reused by another
 /// tensor), shape, strides, dtype and device, and the same <c>to_kv</c> weight storage and dtype; a different one replaces the entry (the old tensors are disposed).
-/// Only under <c>torch.no_grad()</c>: with autograd enabled (training) the projection is always recomputed and the
-/// cache is left alone. Not detected: a condition modified in place, or <c>to_kv</c>'s weights changed in place,
+/// Only in eval mode (<c>model.eval()</c>) under <c>torch.no_grad()</c>: in training mode (where an optimizer or a
+/// finite-difference check changes weights in place, and gradient checkpointing runs no_grad forwards) or with autograd
+/// on, the projection is always recomputed and the cache is left alone. Not detected: a condition modified in place, or <c>to_kv</c>'s weights changed in place,
 /// while the same condition is reused (call <see cref="Clear"/> then). Thread-safe.
 /// </summary>
 internal sealed class CrossAttentionKvCache : IDisposable
@@ -30,11 +31,12 @@ internal sealed class CrossAttentionKvCache : IDisposable
     /// <summary>The cached projection, or null (for tests).</summary>
     internal Tensor? Cached => _kv;
 
-    /// <summary><c>toKv(context)</c>, from the cache when <paramref name="context"/> is the cached condition and autograd is off.
+    /// <summary><c>toKv(context)</c>, from the cache when <paramref name="context"/> is the cached condition, the layer is not
+    /// <paramref name="training"/> and autograd is off.
     /// The returned tensor belongs to the cache when cached: the caller must not dispose or modify it.</summary>
-    public Tensor Project(Linear toKv, Tensor context)
+    public Tensor Project(Linear toKv, Tensor context, bool training)
     {
-        if (torch.is_grad_enabled()) return toKv.forward(context);
+        if (training || torch.is_grad_enabled()) return toKv.forward(context);
         var key = Key.Of(context, toKv.weight!);
         lock (_lock)
         {

@@ -300,7 +300,7 @@ internal sealed class SparseMultiHeadAttention : nn.Module
             throw new ArgumentException($"context must be [B={x.BatchSize}, L, {CtxChannels}], found [{string.Join(", ", context.shape)}].", nameof(context));
         long n = x.Count, h = NumHeads, b = context.shape[0], l = context.shape[1];
         var q = to_q!.forward(x.Feats).view(n, h, -1);
-        var kv = _kvCache.Project(to_kv!, context).view(b, l, 2, h, -1);
+        var kv = _kvCache.Project(to_kv!, context, training).view(b, l, 2, h, -1);
         var k = kv[.., .., 0];
         var v = kv[.., .., 1];
         if (q_rms_norm is not null)

@@ -14,7 +14,7 @@ namespace MdtDist.Trellis.Tests.Modules;
 /// <summary>
 /// The cross-attention K/V cache: bit-identical outputs (the cached tensor is the very projection an uncached forward
 /// computes), one projection per condition and layer across sampler steps, replaced (and disposed) on a new condition,
-/// bypassed under autograd, freed by the model's Dispose.
+/// bypassed in training mode and under autograd, freed by the model's Dispose.
 /// </summary>
 public class CrossAttentionKvCacheTests
 {
@@ -30,6 +30,12 @@ public class CrossAttentionKvCacheTests
         using var model = TinyModels.VelocityFlow(seed: 51);
         var caches = Caches(model);
         Assert.Equal(2, caches.Count);   // one cross-attention per block
+        using (torch.no_grad())
+        {
+            using var inTraining = model.forward(torch.zeros(new long[] { 2, 3, 4, 4, 4 }, dtype: ScalarType.Float64), torch.tensor(new[] { 1.0, 2.0 }, dtype: ScalarType.Float64), torch.zeros(new long[] { 2, 5, 10 }, dtype: ScalarType.Float64));
+            Assert.All(caches, c => Assert.Null(c.Cached));   // training mode: never cached
+        }
+        model.eval();
         using var x = torch.randn(new long[] { 2, 3, 4, 4, 4 }, dtype: ScalarType.Float64, generator: new Generator(52));
         using var t = torch.tensor(new[] { 300.0, 700.0 }, dtype: ScalarType.Float64);
         using var cond = torch.randn(new long[] { 2, 5, 10 }, dtype: ScalarType.Float64, generator: new Generator(53));
@@ -68,6 +74,7 @@ public class CrossAttentionKvCacheTests
         using var net = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatFlowModel(MdtDist.Trellis.Models.SLatFlowConfig.FromArgs(json), ScalarType.Float64), 61);
         var caches = Caches(net);
         Assert.Equal(2, caches.Count);
+        net.eval();
         var coords = torch.tensor(new int[] { 0, 0, 0, 0, 0, 1, 2, 3, 1, 7, 7, 7, 1, 2, 2, 2 }, new long[] { 4, 4 });
         var feats = torch.randn(new long[] { 4, 2 }, dtype: ScalarType.Float64, generator: new Generator(62));
         var x = new SparseTensor(feats, coords, resolution: 8);
@@ -88,6 +95,7 @@ public class CrossAttentionKvCacheTests
     public void GuidedSamplerStepsThroughTheAdapterProjectTheConditionOnce()
     {
         using var net = TinyModels.VelocityFlow(seed: 71);
+        net.eval();
         var adapter = new SparseStructureFlowAdapter(net);
         var caches = Caches(net);
         using var cond = torch.randn(new long[] { 1, 5, 10 }, dtype: ScalarType.Float64, generator: new Generator(72));
