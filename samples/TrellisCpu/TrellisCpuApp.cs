@@ -28,10 +28,11 @@ public static class TrellisCpuApp
         var compareOpt = new Option<string?>("--compare") { Description = "instead of the pipeline: each network in float32 and in this dtype (bfloat16 or float16) on the same inputs; relative error and speed (writes precision.md / precision.json)" };
         var noMeshOpt = new Option<bool>("--no-mesh") { Description = "with --compare: leave out the mesh decoder (its 256³ stage needs the most memory)" };
         var rateOpt = new Option<bool>("--matmul-rate") { Description = "instead of the pipeline: the machine's GEMM rate (2048³ float32 and bfloat16 matmuls), the yardstick of the stage times" };
+        var guidedOpt = new Option<bool>("--guided-step") { Description = "instead of the pipeline: one guided stage-1 step (width 512, 4 blocks, 16³ unless --blocks) two calls vs one batched call, K/V cache on vs off" };
         var seedOpt = new Option<long>("--seed") { Description = "seed of the random weights and noise", DefaultValueFactory = _ => 1 };
 
         var root = new RootCommand("TrellisCpu: the whole TRELLIS-image-large architecture on the CPU, timed stage by stage.");
-        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, compareOpt, noMeshOpt, rateOpt, seedOpt }) root.Options.Add(o);
+        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, compareOpt, noMeshOpt, rateOpt, guidedOpt, seedOpt }) root.Options.Add(o);
 
         if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
         using var cts = new CancellationTokenSource();
@@ -52,6 +53,7 @@ public static class TrellisCpuApp
                     torch.set_num_threads(t);
                 }
                 if (pr.GetValue(rateOpt)) return MatmulRate();
+                if (pr.GetValue(guidedOpt)) return GuidedStepBenchmark.Run(512, pr.GetValue(blocksOpt) ?? 4, 16, 5, pr.GetValue(seedOpt));
                 if (pr.GetValue(compareOpt) is { } cmp)
                 {
                     var reduced = CpuFeatures.ResolveComputeDType(cmp);

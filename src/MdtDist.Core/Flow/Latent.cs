@@ -34,6 +34,19 @@ public abstract class LatentLayout
 
     /// <summary>The mean of each sample over all of its elements: <c>[B]</c>.</summary>
     public Tensor MeanPerSample(Tensor data) => SumPerSample(data) / CountPerSample(data);
+
+    /// <summary>
+    /// The layout of <paramref name="copies"/> copies of a latent of this layout concatenated along axis 0
+    /// (see <see cref="Latent.RepeatBatch"/>): copy k holds samples <c>[k·B, (k+1)·B)</c>.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The layout cannot be repeated (a layout class that does not override this).</exception>
+    public virtual LatentLayout RepeatBatch(int copies) =>
+        throw new NotSupportedException($"latents with layout {GetType().Name} cannot be repeated along the batch.");
+
+    private protected static void CheckCopies(int copies)
+    {
+        if (copies < 1) throw new ArgumentException($"copies must be >= 1, got {copies}.", nameof(copies));
+    }
 }
 
 /// <summary>A dense latent <c>[B, ...]</c>: the first axis is the sample.</summary>
@@ -48,6 +61,13 @@ public sealed class DenseLayout : LatentLayout
 
     /// <inheritdoc />
     public override long BatchSize { get; }
+
+    /// <inheritdoc />
+    public override LatentLayout RepeatBatch(int copies)
+    {
+        CheckCopies(copies);
+        return new DenseLayout(BatchSize * copies);
+    }
 
     /// <inheritdoc />
     public override Tensor Broadcast(Tensor perSample, Tensor data)
@@ -103,6 +123,16 @@ public class RowLayout : LatentLayout
 
     /// <inheritdoc />
     public override long BatchSize { get; }
+
+    /// <inheritdoc />
+    /// <remarks>The rows of copy k carry sample index <c>b + k·B</c>.</remarks>
+    public override LatentLayout RepeatBatch(int copies)
+    {
+        CheckCopies(copies);
+        using var scope = torch.NewDisposeScope();
+        var idx = torch.cat(Enumerable.Range(0, copies).Select(k => SampleIndex + k * BatchSize).ToArray(), 0);
+        return new RowLayout(idx, BatchSize * copies);
+    }
 
     /// <inheritdoc />
     public override Tensor Broadcast(Tensor perSample, Tensor data)
@@ -175,6 +205,37 @@ public sealed class Latent
         if (!data.shape.SequenceEqual(Data.shape))
             throw new ArgumentException($"new latent data has shape [{string.Join(", ", data.shape)}], expected [{string.Join(", ", Data.shape)}].", nameof(data));
         return new Latent(data, Layout);
+    }
+
+    /// <summary>
+    /// <paramref name="copies"/> copies of this latent concatenated along axis 0 (the batch axis of a dense latent,
+    /// the row axis of a row latent), with the layout <see cref="LatentLayout.RepeatBatch"/> gives: a batch of
+    /// <c>copies·B</c> samples whose copy k holds samples <c>[k·B, (k+1)·B)</c>. Undo it on an output with
+    /// <see cref="SplitRepeated"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="copies"/> &lt; 1.</exception>
+    /// <exception cref="NotSupportedException">The layout cannot be repeated.</exception>
+    public Latent RepeatBatch(int copies)
+    {
+        var layout = Layout.RepeatBatch(copies);
+        var data = copies == 1 ? Data : torch.cat(Enumerable.Repeat(Data, copies).ToArray(), 0);
+        return new Latent(data, layout);
+    }
+
+    /// <summary>
+    /// Splits <paramref name="stacked"/>, a tensor shaped like the data of <see cref="RepeatBatch"/>(<paramref name="copies"/>)
+    /// (<c>[copies·N, ...]</c> where this latent's data is <c>[N, ...]</c>), back into <paramref name="copies"/> views
+    /// shaped like <see cref="Data"/>, copy k first to last.
+    /// </summary>
+    /// <exception cref="ArgumentException">Axis 0 of <paramref name="stacked"/> is not copies × this latent's.</exception>
+    public Tensor[] SplitRepeated(Tensor stacked, int copies)
+    {
+        ArgumentNullException.ThrowIfNull(stacked);
+        if (copies < 1) throw new ArgumentException($"copies must be >= 1, got {copies}.", nameof(copies));
+        long n = Data.shape[0];
+        if (stacked.dim() < 1 || stacked.shape[0] != n * copies)
+            throw new ArgumentException($"{nameof(stacked)}: expected {copies} × {n} = {n * copies} entries on axis 0, found shape [{string.Join(", ", stacked.shape)}].", nameof(stacked));
+        return Enumerable.Range(0, copies).Select(k => stacked.narrow(0, k * n, n)).ToArray();
     }
 
     /// <summary>Broadcasts a per-sample <c>[B]</c> tensor against <see cref="Data"/>.</summary>

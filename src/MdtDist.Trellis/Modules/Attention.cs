@@ -62,6 +62,7 @@ internal sealed class MultiHeadAttention : nn.Module<Tensor, Tensor?, Tensor>
     private readonly MultiHeadRMSNorm? k_rms_norm;
     private readonly Linear to_out;
 #pragma warning restore IDE1006
+    private readonly CrossAttentionKvCache _kvCache = new();
 
     public MultiHeadAttention(long channels, long numHeads, long? ctxChannels, bool cross, bool qkvBias, bool qkRmsNorm, ScalarType dtype, Device? device)
         : base(nameof(MultiHeadAttention))
@@ -107,6 +108,16 @@ internal sealed class MultiHeadAttention : nn.Module<Tensor, Tensor?, Tensor>
         yield return to_out;
     }
 
+    /// <summary>The cross-attention K/V cache (used only under no_grad).</summary>
+    internal CrossAttentionKvCache KvCache => _kvCache;
+
+    /// <inheritdoc />
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _kvCache.Dispose();
+        base.Dispose(disposing);
+    }
+
     /// <summary>x <c>[B, L, C]</c>; context <c>[B, Lkv, Cctx]</c> for cross-attention (ignored for self-attention).</summary>
     public override Tensor forward(Tensor x, Tensor? context)
     {
@@ -124,7 +135,7 @@ internal sealed class MultiHeadAttention : nn.Module<Tensor, Tensor?, Tensor>
             if (context is null) throw new ArgumentException("cross-attention needs a context tensor.", nameof(context));
             long lkv = context.shape[1];
             q = to_q!.forward(x).reshape(b, l, NumHeads, -1);
-            var kv = to_kv!.forward(context).reshape(b, lkv, 2, NumHeads, -1);
+            var kv = _kvCache.Project(to_kv!, context, training).reshape(b, lkv, 2, NumHeads, -1);
             var parts = kv.unbind(2);
             (k, v) = (parts[0], parts[1]);
         }

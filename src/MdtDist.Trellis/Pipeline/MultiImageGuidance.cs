@@ -71,7 +71,11 @@ public sealed class MultiImageGuidance : IFlowModel
         using var scope = torch.NewDisposeScope();
         Tensor View(long i) => condition.narrow(0, i, 1).expand(b, -1, -1);
         if (Mode == MultiImageMode.Stochastic)
-            return _sampler.Guide(_model, _negative).Velocity(x, t, View(StepOf(t0) % n)).MoveToOuterDisposeScope();
+        {
+            var guided = _sampler.Guide(_model, _negative);   // one per step: free its paired condition now
+            try { return guided.Velocity(x, t, View(StepOf(t0) % n)).MoveToOuterDisposeScope(); }
+            finally { (guided as IDisposable)?.Dispose(); }
+        }
         Tensor? sum = null;
         for (long i = 0; i < n; i++)
         {

@@ -219,6 +219,7 @@ internal sealed class SparseMultiHeadAttention : nn.Module
     public MultiHeadRMSNorm? k_rms_norm;
     public Linear to_out;
 #pragma warning restore IDE1006
+    private readonly CrossAttentionKvCache _kvCache = new();
 
     public SparseMultiHeadAttention(long channels, long numHeads, long? ctxChannels, bool cross, SparseAttentionMode mode,
         int windowSize, int shiftWindow, bool qkvBias, bool qkRmsNorm, ScalarType dtype, Device? device)
@@ -260,6 +261,16 @@ internal sealed class SparseMultiHeadAttention : nn.Module
     public int WindowSize { get; }
     public int ShiftWindow { get; }
 
+    /// <summary>The cross-attention K/V cache (used only under no_grad).</summary>
+    internal CrossAttentionKvCache KvCache => _kvCache;
+
+    /// <inheritdoc />
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _kvCache.Dispose();
+        base.Dispose(disposing);
+    }
+
     /// <summary>Self-attention.</summary>
     public SparseTensor Forward(SparseTensor x)
     {
@@ -289,7 +300,7 @@ internal sealed class SparseMultiHeadAttention : nn.Module
             throw new ArgumentException($"context must be [B={x.BatchSize}, L, {CtxChannels}], found [{string.Join(", ", context.shape)}].", nameof(context));
         long n = x.Count, h = NumHeads, b = context.shape[0], l = context.shape[1];
         var q = to_q!.forward(x.Feats).view(n, h, -1);
-        var kv = to_kv!.forward(context).view(b, l, 2, h, -1);
+        var kv = _kvCache.Project(to_kv!, context, training).view(b, l, 2, h, -1);
         var k = kv[.., .., 0];
         var v = kv[.., .., 1];
         if (q_rms_norm is not null)

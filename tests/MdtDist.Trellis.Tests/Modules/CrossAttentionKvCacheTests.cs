@@ -1,0 +1,113 @@
+using MdtDist.Core.Flow;
+using MdtDist.Core.Sampling;
+using MdtDist.Trellis.Flow;
+using MdtDist.Trellis.Modules;
+using MdtDist.Trellis.Pipeline;
+using MdtDist.Trellis.Sparse;
+using MdtDist.Trellis.Tests.Models;
+using TorchSharp;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace MdtDist.Trellis.Tests.Modules;
+
+/// <summary>
+/// The cross-attention K/V cache: bit-identical outputs (the cached tensor is the very projection an uncached forward
+/// computes), one projection per condition and layer across sampler steps, replaced (and disposed) on a new condition,
+/// bypassed in training mode and under autograd, freed by the model's Dispose.
+/// </summary>
+public class CrossAttentionKvCacheTests
+{
+    private static List<CrossAttentionKvCache> Caches(nn.Module model) =>
+        model.modules().OfType<MultiHeadAttention>().Where(a => a.IsCross).Select(a => a.KvCache)
+            .Concat(model.modules().OfType<SparseMultiHeadAttention>().Where(a => a.IsCross).Select(a => a.KvCache)).ToList();
+
+    private static bool BitIdentical(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && torch.equal(a, b).all().item<bool>();
+
+    [Fact]
+    public void Stage1CachedForwardIsBitIdenticalAndProjectsOncePerCondition()
+    {
+        using var model = TinyModels.VelocityFlow(seed: 51);
+        var caches = Caches(model);
+        Assert.Equal(2, caches.Count);   // one cross-attention per block
+        using (torch.no_grad())
+        {
+            using var inTraining = model.forward(torch.zeros(new long[] { 2, 3, 4, 4, 4 }, dtype: ScalarType.Float64), torch.tensor(new[] { 1.0, 2.0 }, dtype: ScalarType.Float64), torch.zeros(new long[] { 2, 5, 10 }, dtype: ScalarType.Float64));
+            Assert.All(caches, c => Assert.Null(c.Cached));   // training mode: never cached
+        }
+        model.eval();
+        using var x = torch.randn(new long[] { 2, 3, 4, 4, 4 }, dtype: ScalarType.Float64, generator: new Generator(52));
+        using var t = torch.tensor(new[] { 300.0, 700.0 }, dtype: ScalarType.Float64);
+        using var cond = torch.randn(new long[] { 2, 5, 10 }, dtype: ScalarType.Float64, generator: new Generator(53));
+        using var cond2 = torch.randn(new long[] { 2, 5, 10 }, dtype: ScalarType.Float64, generator: new Generator(54));
+
+        // autograd on: never cached
+        using var reference = model.forward(x, t, cond).detach();
+        using var reference2 = model.forward(x, t, cond2).detach();
+        Assert.All(caches, c => Assert.Null(c.Cached));
+
+        using (torch.no_grad())
+        {
+            using var first = model.forward(x, t, cond);
+            using var second = model.forward(x, t, cond);
+            Assert.True(BitIdentical(first, reference));
+            Assert.True(BitIdentical(second, reference));
+            Assert.All(caches, c => Assert.Equal((1L, 1L), (c.Misses, c.Hits)));
+
+            var old = caches.Select(c => c.Cached!).ToList();
+            using var other = model.forward(x, t, cond2);   // new condition: replaced, old projection disposed
+            Assert.True(BitIdentical(other, reference2));
+            Assert.All(old, o => Assert.True(o.IsInvalid));
+            Assert.All(caches, c => Assert.Equal(2L, c.Misses));
+        }
+
+        var kept = caches.Select(c => c.Cached!).ToList();
+        model.Dispose();
+        Assert.All(kept, k => Assert.True(k.IsInvalid));
+    }
+
+    [Fact]
+    public void Stage2SparseCrossAttentionIsCachedAndBitIdentical()
+    {
+        var json = System.Text.Json.Nodes.JsonNode.Parse(
+            """{"resolution": 8, "in_channels": 2, "out_channels": 2, "model_channels": 16, "cond_channels": 6, "num_blocks": 2, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""")!.AsObject();
+        using var net = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatFlowModel(MdtDist.Trellis.Models.SLatFlowConfig.FromArgs(json), ScalarType.Float64), 61);
+        var caches = Caches(net);
+        Assert.Equal(2, caches.Count);
+        net.eval();
+        var coords = torch.tensor(new int[] { 0, 0, 0, 0, 0, 1, 2, 3, 1, 7, 7, 7, 1, 2, 2, 2 }, new long[] { 4, 4 });
+        var feats = torch.randn(new long[] { 4, 2 }, dtype: ScalarType.Float64, generator: new Generator(62));
+        var x = new SparseTensor(feats, coords, resolution: 8);
+        using var t = torch.tensor(new[] { 250.0, 900.0 }, dtype: ScalarType.Float64);
+        using var cond = torch.randn(new long[] { 2, 5, 6 }, dtype: ScalarType.Float64, generator: new Generator(63));
+        using var reference = net.forward(x, t, cond).Feats.detach();
+        using (torch.no_grad())
+        {
+            using var a = net.forward(x, t, cond).Feats;
+            using var b = net.forward(x, t, cond).Feats;
+            Assert.True(BitIdentical(a, reference));
+            Assert.True(BitIdentical(b, reference));
+        }
+        Assert.All(caches, c => Assert.Equal((1L, 1L), (c.Misses, c.Hits)));
+    }
+
+    [Fact]
+    public void GuidedSamplerStepsThroughTheAdapterProjectTheConditionOnce()
+    {
+        using var net = TinyModels.VelocityFlow(seed: 71);
+        net.eval();
+        var adapter = new SparseStructureFlowAdapter(net);
+        var caches = Caches(net);
+        using var cond = torch.randn(new long[] { 1, 5, 10 }, dtype: ScalarType.Float64, generator: new Generator(72));
+        using var x = torch.randn(new long[] { 1, 3, 4, 4, 4 }, dtype: ScalarType.Float64, generator: new Generator(73));
+        var guided = new ClassifierFreeGuidance(adapter, 3.0) { BatchedPasses = true };
+        using var noGrad = torch.no_grad();
+        foreach (var tv in new[] { 0.9, 0.7, 0.5 })
+        {
+            using var t = torch.tensor(new[] { tv }, dtype: ScalarType.Float64);
+            using var v = guided.Velocity(Latent.Dense(x), t, cond);
+        }
+        // the paired [cond; zeros] condition is built once, so each layer projects once and hits on the next 2 steps
+        Assert.All(caches, c => Assert.Equal((1L, 2L), (c.Misses, c.Hits)));
+    }
+}
