@@ -179,7 +179,7 @@ public static class DistillTrellisApp
             if (studentNet is not IElasticModule elasticStudent)
                 throw new InvalidDataException($"{o.Config}: trainer.args.elastic needs an elastic denoiser, {cfg.Denoiser.Name} is not one.");
             if (File.Exists(elasticState))
-                elastic.LoadStateDict(JsonNode.Parse(File.ReadAllText(elasticState)) as JsonObject ?? throw new InvalidDataException($"'{elasticState}' is not a JSON object."));
+                elastic.LoadState(elasticState);
             elasticStudent.RegisterMemoryController(elastic);
             log.LogInformation("Elastic memory: {Controller}", elastic);
         }
@@ -214,10 +214,7 @@ public static class DistillTrellisApp
                 {
                     log.LogInformation("Elastic memory at step {Step}: ratio {Ratio:F3} for {Voxels} voxels, peak {Memory:F3} GiB, fit k={K:G4} b={B:G4}",
                         distiller.Step, el.MemRatio, el.InputSize, el.MemoryGiB, el.K, el.B);
-                    // temp file + rename: a kill never leaves a half-written state
-                    Directory.CreateDirectory(stateDir);
-                    File.WriteAllText(elasticState + ".tmp", elastic.StateDict().ToJsonString());
-                    File.Move(elasticState + ".tmp", elasticState, overwrite: true);
+                    elastic.SaveState(elasticState);
                 }
                 if (distiller.Step % options.CheckpointEvery == 0 || distiller.Step == maxSteps)
                     SaveTrellisLayout(distiller, studentNet, ckptDir, options.EmaRates);

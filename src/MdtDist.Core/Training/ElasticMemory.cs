@@ -337,6 +337,22 @@ public sealed class LinearMemoryController : MemoryController
         Params = (p[0]!.GetValue<double>(), p[1]!.GetValue<double>());
     }
 
+    /// <summary>Writes <see cref="StateDict"/> to <paramref name="path"/> (temp file + rename: a kill never leaves half a file).</summary>
+    public void SaveState(string path)
+    {
+        string json = StateDict().ToJsonString();
+        MdtDist.Core.IO.AtomicFile.Write(path, s => s.Write(System.Text.Encoding.UTF8.GetBytes(json)));
+    }
+
+    /// <summary>Restores what <see cref="SaveState"/> wrote.</summary>
+    /// <exception cref="InvalidDataException">The file is not such a state; the message names it.</exception>
+    public void LoadState(string path)
+    {
+        var node = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"'{path}' is not a JSON object.");
+        try { LoadStateDict(node); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"'{path}': {e.Message}", e); }
+    }
+
     /// <inheritdoc />
     public override string ToString() =>
         string.Create(CultureInfo.InvariantCulture, $"LinearMemoryController(target_ratio={Options.TargetRatio}, available_memory={AvailableMemoryGiB})");
