@@ -73,7 +73,7 @@ internal static class Stage2Profile
         }
     }
 
-    private static Tensor Shell(double radius, double thickness)
+    internal static Tensor Shell(double radius, double thickness)
     {
         var rows = new List<int>();
         for (int x = 0; x < 64; x++)
