@@ -40,12 +40,15 @@ internal static class MeshDecoderProfile
         IReadOnlyList<FlexiCubesInputs> inputs = null!;
         T("subdivide block 0 (768→192, 64³→128³)", () => h0 = sb0.Forward(x));
         T("subdivide block 1 (192→96, 128³→256³)", () => h1 = sb1.Forward(h0));
+        if (!args.Contains("--pieces"))
+        {
         T("out layer (96→101)", () => f = new SparseTensor(outLayer.forward(h1.Feats), h1.Coordinates));
         var dec = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatMeshDecoder(
             MdtDist.Trellis.Models.SLatMeshDecoderConfig.FromArgs(System.Text.Json.Nodes.JsonNode.Parse(
                 """{"resolution": 64, "model_channels": 256, "latent_channels": 8, "num_blocks": 1, "num_heads": 4, "attn_mode": "swin", "window_size": 8, "representation_config": {"use_color": true}}""")!.AsObject()), dtype), 4);
         T("FlexiCubes inputs (to_representation)", () => inputs = dec.ToRepresentation(f));
         T("FlexiCubes extraction", () => { using var r = FlexiCubes.Extract(inputs[0]); Console.WriteLine($"    {r.Vertices.shape[0]} vertices, {r.Faces.shape[0]} faces"); });
+        }
         Console.WriteLine($"  rows: {n} → {h0.Feats.shape[0]} → {h1.Feats.shape[0]}");
         f = h1 = null!;
         inputs = null!;
@@ -56,16 +59,21 @@ internal static class MeshDecoderProfile
         var gn2 = RandomTinyTrellis.Randomize(new SparseGroupNorm32(32, co, 1e-5, true, dtype, null), 13);
         var conv2 = RandomTinyTrellis.Randomize(new SparseConv3d(co, co, 3, true, dtype, null), 14);
         var skip = RandomTinyTrellis.Randomize(new SparseConv3d(ci, co, 1, true, dtype, null), 15);
-        SparseTensor a = null!, hh = null!;
-        SparseCoordinates fine = null!;
-        Tensor parent = null!, hf = null!, sk = null!;
-        T("group norm 1 (192 ch, 128³ rows)", () => a = gn1.Forward(h0));
-        T("subdivide sites", () => { fine = SparseSpatial.SubdivideSites(h0.Coordinates); parent = torch.arange(fine.Count, dtype: ScalarType.Int64).div(8, RoundingMode.floor); });
-        T("neighbour map 3³ at 256³", () => SparseNeighbours.Map(fine, 3));
-        T("conv1 192→96 of the copies (ApplyCopied)", () => hf = conv1.ApplyCopied(nn.functional.silu(a.Feats), parent, fine));
-        T("group norm 2 (96 ch, 256³ rows) + SiLU", () => { hh = gn2.Forward(new SparseTensor(hf, fine)); hh = hh.ReplaceFeats(nn.functional.silu(hh.Feats)); });
-        T("conv2 96→96 at 256³", () => hh = conv2.Forward(hh));
-        T("skip 192→96 + add", () => { sk = skip.Apply(h0.Feats, h0.Coordinates); hh = hh.ReplaceFeats(hh.Feats + sk.index_select(0, parent)); });
+        var fineSites = SparseSpatial.SubdivideSites(h0.Coordinates);
+        long m = h0.Feats.shape[0];
+        var pa = nn.functional.silu(gn1.Forward(h0).Feats);
+        var gg = torch.randn(new[] { fineSites.Count, co }, generator: g).to(dtype);
+        var parentRow = torch.arange(fineSites.Count, dtype: ScalarType.Int64).div(8, RoundingMode.floor);
+        for (int pass = 0; pass < 2; pass++)
+        {
+            Console.WriteLine($" pass {pass + 1}");
+            T("neighbour map 3³ of the 256³ fine sites", () => SparseNeighbours.Map(new SparseCoordinates(fineSites.Coords, 256), 3).Dispose());
+            var fineCopy = new SparseCoordinates(fineSites.Coords, 256);
+            SparseNeighbours.Map(fineCopy, 3);
+            T("conv1 192→96 of the copies (parent GEMM + gather-sum)", () => Precision.Scoped(() => conv1.ApplyCopied(pa, parentRow, fineCopy)).Dispose());
+            T("conv2 96→96 at 256³ (im2col chunks)", () => Precision.Scoped(() => conv2.Apply(gg, fineCopy)).Dispose());
+            T("group norm 2 + SiLU (96 ch, 256³ rows)", () => Precision.Scoped(() => nn.functional.silu(gn2.Forward(new SparseTensor(gg, fineSites)).Feats)).Dispose());
+        }
     }
 
     private static void T(string what, Action a)

@@ -55,16 +55,23 @@ internal sealed class SparseSubdivideBlock3d : nn.Module
         var conv2 = (SparseConv3d)out_layers[3];
 
         // GN, SiLU and the kernel-1 skip act row by row, so they run on the parent rows before the copy, and conv1 of the
-        // copies is computed from the parents (SparseConv3d.ApplyCopied): 8× fewer rows in its GEMM.
-        var a = gn1.Forward(x);
+        // copies is computed from the parents (SparseConv3d.ApplyCopied): 8× fewer rows in its GEMM. Each stage's
+        // temporaries are released before the next one starts: at 256³ one float32 copy of the features is 0.5 GB, and
+        // keeping every intermediate to the end of the block took the decoder to 16 GB.
+        var wdt = conv1.conv.weight.dtype;
         var fine = SparseSpatial.SubdivideSites(x.Coordinates);
         var parent = torch.arange(fine.Count, dtype: ScalarType.Int64, device: x.Device).div(8, RoundingMode.floor);
-        var hf = conv1.ApplyCopied(nn.functional.silu(a.Feats).As(conv1.conv.weight.dtype), parent, fine);
-        var h = gn2.Forward(new SparseTensor(hf, fine));
-        h = h.ReplaceFeats(nn.functional.silu(h.Feats));
-        h = conv2.Forward(h.ReplaceFeats(h.Feats.As(conv2.conv.weight.dtype)));
-        var skip = skip_connection is null ? x.Feats : skip_connection.Apply(x.Feats.As(skip_connection.conv.weight.dtype), x.Coordinates);
-        return h.ReplaceFeats(h.Feats + skip.index_select(0, parent).As(h.Dtype));
+        var a = gn1.ForwardSiLU(x, wdt);
+        var h = Precision.Scoped(() => conv1.ApplyCopied(a, parent, fine));
+        a.Dispose();
+        var g = gn2.ForwardSiLU(new SparseTensor(h, fine), wdt);
+        h.Dispose();
+        h = Precision.Scoped(() => conv2.Apply(g, fine));
+        g.Dispose();
+        using var skip = Precision.Scoped(() => skip_connection is null ? x.Feats.alias()
+            : skip_connection.Apply(x.Feats.As(skip_connection.conv.weight.dtype), x.Coordinates));
+        h.add_(skip.index_select(0, parent));
+        return new SparseTensor(h, fine);
     }
 
     /// <summary>Converts the convolutions to <paramref name="dtype"/> (TRELLIS's <c>convert_module_to_f16</c> leaves the norms).</summary>

@@ -46,10 +46,13 @@ public static class FlexiCubes
         int res = inputs.Resolution;
 
         // ---- surface cubes: every cube with a corner inside; all such corners are cube vertices with sdf < 0
-        var negIds = g.VertexIds[g.Sdf.lt(0)];
+        // Each phase runs in its own dispose scope and hands on only what later phases read: at TRELLIS's 256³ a random
+        // decoder's surface has about a million cubes and the phases' int64 temporaries, all kept to the end, took 7.7 GB.
         var corners = CornerOffsets(dev);                                                   // [8, 3]
         Tensor surfIds, cornerIds, occ;
+        using (var phase = torch.NewDisposeScope())
         {
+            var negIds = g.VertexIds[g.Sdf.lt(0)];
             var negXyz = Decode(negIds, res + 1);
             var cand = (negXyz.unsqueeze(1) - corners.unsqueeze(0)).reshape(-1, 3);
             var inGrid = cand.ge(0).logical_and(cand.lt(res)).all(1);
@@ -60,22 +63,27 @@ public static class FlexiCubes
             var cOcc = g.SdfAt(cIds).lt(0);
             var count = cOcc.sum(1);
             var surf = count.gt(0).logical_and(count.lt(8));
-            surfIds = candIds[surf];
-            cornerIds = cIds[surf];
-            occ = cOcc[surf];
+            surfIds = candIds[surf].MoveToOuterDisposeScope();
+            cornerIds = cIds[surf].MoveToOuterDisposeScope();
+            occ = cOcc[surf].MoveToOuterDisposeScope();
         }
         long s = surfIds.shape[0];
         if (s == 0) return Empty(inputs, g, training);
 
         // ---- weights of the surface cubes (0 outside the sample's cubes)
-        var raw = g.CubeWeightsAt(surfIds);                                                  // [S, 21]
-        var beta = torch.tanh(raw[.., 0..12]) * weightScale + 1;
-        var alpha = torch.tanh(raw[.., 12..20]) * weightScale + 1;
-        var gamma = torch.sigmoid(raw[.., 20]) * weightScale + (1 - weightScale) / 2;
+        Tensor beta, alpha, gamma;
+        using (var phase = torch.NewDisposeScope())
+        {
+            var raw = g.CubeWeightsAt(surfIds);                                              // [S, 21]
+            beta = (torch.tanh(raw[.., 0..12]) * weightScale + 1).MoveToOuterDisposeScope();
+            alpha = (torch.tanh(raw[.., 12..20]) * weightScale + 1).MoveToOuterDisposeScope();
+            gamma = (torch.sigmoid(raw[.., 20]) * weightScale + (1 - weightScale) / 2).MoveToOuterDisposeScope();
+        }
 
         // ---- case ids with the ambiguity fix
         var pow2 = torch.tensor(new long[] { 1, 2, 4, 8, 16, 32, 64, 128 }, device: dev);
         var caseIds = (occ.to(ScalarType.Int64) * pow2.unsqueeze(0)).sum(1);
+        using (var phase = torch.NewDisposeScope())
         {
             var check = Table(FlexiCubesTables.CheckTable, dev).view(256, 5).index_select(0, caseIds);
             var flagged = check[.., 0].eq(1);
@@ -84,87 +92,98 @@ public static class FlexiCubes
             var inRange = adj.ge(0).logical_and(adj.lt(res)).all(1);
             var flaggedIds = surfIds[flagged];
             var adjFlagged = Contains(flaggedIds, Encode(adj.clamp(0, res - 1), res)).logical_and(inRange);
-            caseIds = torch.where(flagged.logical_and(adjFlagged), check[.., 4], caseIds);
+            caseIds = torch.where(flagged.logical_and(adjFlagged), check[.., 4], caseIds).MoveToOuterDisposeScope();
         }
 
         // ---- surface edges
         var cubeEdges = Table(FlexiCubesTables.CubeEdges, dev);                              // [24]
         long vTotal = (long)(res + 1) * (res + 1) * (res + 1);
-        var allEdges = cornerIds.index_select(1, cubeEdges).reshape(-1, 2);                  // [S*12, 2]
-        var (uniq, inv, counts) = (allEdges[.., 0] * vTotal + allEdges[.., 1]).unique(sorted: true, return_inverse: true, return_counts: true);
-        var uniqA = uniq.div(vTotal, RoundingMode.floor);
-        var uniqB = uniq.remainder(vTotal);
-        var maskEdges = g.SdfAt(uniqA).lt(0).to(ScalarType.Int64).add(g.SdfAt(uniqB).lt(0).to(ScalarType.Int64)).eq(1);
-        var surfEdgeEntry = maskEdges.index_select(0, inv!);
-        var countsEntry = counts!.index_select(0, inv!);
-        var mapping = torch.full(uniq.shape[0], -1L, dtype: ScalarType.Int64, device: dev);
-        long numSurfEdges = maskEdges.sum().item<long>();
-        mapping[maskEdges] = torch.arange(numSurfEdges, dtype: ScalarType.Int64, device: dev);
-        var idxMap = mapping.index_select(0, inv!);                                          // [S*12]
-        var surfEdges = torch.stack(new[] { uniqA[maskEdges], uniqB[maskEdges] }, 1);       // [E, 2]
-        var flatEdges = surfEdges.reshape(-1);
-        var edgesX = g.PositionsAt(flatEdges).reshape(-1, 2, 3);
-        var edgesS = g.SdfAt(flatEdges).reshape(-1, 2, 1);
-        var edgesC = g.HasColor ? torch.sigmoid(g.ColorsAt(flatEdges)).reshape(-1, 2, 6) : null;
-        var zeroCrossing = LinearInterp(edgesS, edgesX);                                      // [E, 3]
+        Tensor surfEdgeEntry, countsEntry, idxMap, surfEdges, edgesX, edgesS, zeroCrossing;
+        Tensor? edgesC;
+        using (var phase = torch.NewDisposeScope())
+        {
+            var allEdges = cornerIds.index_select(1, cubeEdges).reshape(-1, 2);              // [S*12, 2]
+            var (uniq, inv, counts) = (allEdges[.., 0] * vTotal + allEdges[.., 1]).unique(sorted: true, return_inverse: true, return_counts: true);
+            var uniqA = uniq.div(vTotal, RoundingMode.floor);
+            var uniqB = uniq.remainder(vTotal);
+            var maskEdges = g.SdfAt(uniqA).lt(0).to(ScalarType.Int64).add(g.SdfAt(uniqB).lt(0).to(ScalarType.Int64)).eq(1);
+            surfEdgeEntry = maskEdges.index_select(0, inv!).MoveToOuterDisposeScope();
+            countsEntry = counts!.index_select(0, inv!).MoveToOuterDisposeScope();
+            var mapping = torch.full(uniq.shape[0], -1L, dtype: ScalarType.Int64, device: dev);
+            long numSurfEdges = maskEdges.sum().item<long>();
+            mapping[maskEdges] = torch.arange(numSurfEdges, dtype: ScalarType.Int64, device: dev);
+            idxMap = mapping.index_select(0, inv!).MoveToOuterDisposeScope();              // [S*12]
+            surfEdges = torch.stack(new[] { uniqA[maskEdges], uniqB[maskEdges] }, 1).MoveToOuterDisposeScope();   // [E, 2]
+            var flatEdges = surfEdges.reshape(-1);
+            edgesX = g.PositionsAt(flatEdges).reshape(-1, 2, 3).MoveToOuterDisposeScope();
+            edgesS = g.SdfAt(flatEdges).reshape(-1, 2, 1).MoveToOuterDisposeScope();
+            edgesC = g.HasColor ? torch.sigmoid(g.ColorsAt(flatEdges)).reshape(-1, 2, 6).MoveToOuterDisposeScope() : null;
+            zeroCrossing = LinearInterp(edgesS, edgesX).MoveToOuterDisposeScope();          // [E, 3]
+        }
 
         // ---- dual vertices, grouped by vertices per cube
-        var dmc = Table(FlexiCubesTables.DmcTable, dev).view(256, 4, 7);
-        var numVd = Table(FlexiCubesTables.NumVdTable, dev).index_select(0, caseIds);
-        var edgeGroup = new List<Tensor>();
-        var toVd = new List<Tensor>();
-        var toCube = new List<Tensor>();
-        var vdNumEdges = new List<Tensor>();
-        var vdGamma = new List<Tensor>();
+        Tensor vd, vdIdxMap, vGamma;
+        Tensor? vdColor = null, devLoss = null;
         long totalVd = 0;
-        foreach (long num in numVd.unique(sorted: true).output.data<long>().ToArray())
+        using (var phase = torch.NewDisposeScope())
         {
-            if (num == 0) continue;
-            var cubes = numVd.eq(num).nonzero().squeeze(1);                                 // ascending surface-cube index
-            long c = cubes.shape[0];
-            var group = dmc.index_select(0, caseIds.index_select(0, cubes))[.., ..(int)num].reshape(c, num * 7);
-            var vdOf = (torch.arange(c * num, dtype: ScalarType.Int64, device: dev) + totalVd).unsqueeze(1).expand(c * num, 7).reshape(c, num * 7);
-            var cubeOf = cubes.unsqueeze(1).expand(c, num * 7);
-            var used = group.ne(-1);
-            edgeGroup.Add(group.masked_select(used));
-            toVd.Add(vdOf.masked_select(used));
-            toCube.Add(cubeOf.masked_select(used));
-            vdNumEdges.Add(used.reshape(-1, 7).sum(1));
-            vdGamma.Add(gamma.index_select(0, cubes).repeat_interleave(num));
-            totalVd += c * num;
+            var dmc = Table(FlexiCubesTables.DmcTable, dev).view(256, 4, 7);
+            var numVd = Table(FlexiCubesTables.NumVdTable, dev).index_select(0, caseIds);
+            var edgeGroup = new List<Tensor>();
+            var toVd = new List<Tensor>();
+            var toCube = new List<Tensor>();
+            var vdNumEdges = new List<Tensor>();
+            var vdGamma = new List<Tensor>();
+            foreach (long num in numVd.unique(sorted: true).output.data<long>().ToArray())
+            {
+                if (num == 0) continue;
+                var cubes = numVd.eq(num).nonzero().squeeze(1);                                 // ascending surface-cube index
+                long c = cubes.shape[0];
+                var group = dmc.index_select(0, caseIds.index_select(0, cubes))[.., ..(int)num].reshape(c, num * 7);
+                var vdOf = (torch.arange(c * num, dtype: ScalarType.Int64, device: dev) + totalVd).unsqueeze(1).expand(c * num, 7).reshape(c, num * 7);
+                var cubeOf = cubes.unsqueeze(1).expand(c, num * 7);
+                var used = group.ne(-1);
+                edgeGroup.Add(group.masked_select(used));
+                toVd.Add(vdOf.masked_select(used));
+                toCube.Add(cubeOf.masked_select(used));
+                vdNumEdges.Add(used.reshape(-1, 7).sum(1));
+                vdGamma.Add(gamma.index_select(0, cubes).repeat_interleave(num));
+                totalVd += c * num;
+            }
+            var eg = torch.cat(edgeGroup);
+            var egVd = torch.cat(toVd);
+            var egCube = torch.cat(toCube);
+            var numEdges = torch.cat(vdNumEdges);
+            vGamma = torch.cat(vdGamma).MoveToOuterDisposeScope();
+            var flat = egCube * 12 + eg;
+            var idxGroup = idxMap.index_select(0, flat);
+            if (idxGroup.numel() > 0 && idxGroup.min().item<long>() < 0)
+                throw new InvalidOperationException("FlexiCubes: a dual vertex uses a cube edge without a sign change (inconsistent case tables).");
+            var xGroup = edgesX.index_select(0, idxGroup);
+            var sGroup = edgesS.index_select(0, idxGroup);
+            var zcGroup = zeroCrossing.index_select(0, idxGroup);
+            var alphaGroup = alpha.index_select(1, cubeEdges).reshape(-1, 2).index_select(0, flat).reshape(-1, 2, 1);
+            var weightsGroup = sGroup * alphaGroup;
+            var ueGroup = LinearInterp(weightsGroup, xGroup);
+            var betaGroup = beta.reshape(-1).index_select(0, flat).reshape(-1, 1);
+            var betaSum = torch.zeros(new[] { totalVd, 1L }, dtype: dt, device: dev).index_add(0, egVd, betaGroup, 1.0);
+            vd = (torch.zeros(new[] { totalVd, 3L }, dtype: dt, device: dev).index_add(0, egVd, ueGroup * betaGroup, 1.0) / betaSum).MoveToOuterDisposeScope();
+            if (edgesC is not null)
+            {
+                var ucGroup = LinearInterp(weightsGroup, edgesC.index_select(0, idxGroup));
+                vdColor = (torch.zeros(new[] { totalVd, 6L }, dtype: dt, device: dev).index_add(0, egVd, ucGroup * betaGroup, 1.0) / betaSum).MoveToOuterDisposeScope();
+            }
+            if (training)
+            {
+                var dist = (zcGroup - vd.index_select(0, egVd)).norm(1);
+                var meanL2 = torch.zeros(totalVd, dtype: dt, device: dev).index_add(0, egVd, dist, 1.0) / numEdges.to(dt);
+                devLoss = (dist - meanL2.index_select(0, egVd)).abs().MoveToOuterDisposeScope();
+            }
+            vdIdxMap = torch.zeros(s * 12, dtype: ScalarType.Int64, device: dev).scatter(0, flat, egVd).MoveToOuterDisposeScope();
         }
-        var eg = torch.cat(edgeGroup);
-        var egVd = torch.cat(toVd);
-        var egCube = torch.cat(toCube);
-        var numEdges = torch.cat(vdNumEdges);
-        var vGamma = torch.cat(vdGamma);
-        var flat = egCube * 12 + eg;
-        var idxGroup = idxMap.index_select(0, flat);
-        if (idxGroup.numel() > 0 && idxGroup.min().item<long>() < 0)
-            throw new InvalidOperationException("FlexiCubes: a dual vertex uses a cube edge without a sign change (inconsistent case tables).");
-        var xGroup = edgesX.index_select(0, idxGroup);
-        var sGroup = edgesS.index_select(0, idxGroup);
-        var zcGroup = zeroCrossing.index_select(0, idxGroup);
-        var alphaGroup = alpha.index_select(1, cubeEdges).reshape(-1, 2).index_select(0, flat).reshape(-1, 2, 1);
-        var weightsGroup = sGroup * alphaGroup;
-        var ueGroup = LinearInterp(weightsGroup, xGroup);
-        var betaGroup = beta.reshape(-1).index_select(0, flat).reshape(-1, 1);
-        var betaSum = torch.zeros(new[] { totalVd, 1L }, dtype: dt, device: dev).index_add(0, egVd, betaGroup, 1.0);
-        var vd = torch.zeros(new[] { totalVd, 3L }, dtype: dt, device: dev).index_add(0, egVd, ueGroup * betaGroup, 1.0) / betaSum;
-        Tensor? vdColor = null;
-        if (edgesC is not null)
-        {
-            var ucGroup = LinearInterp(weightsGroup, edgesC.index_select(0, idxGroup));
-            vdColor = torch.zeros(new[] { totalVd, 6L }, dtype: dt, device: dev).index_add(0, egVd, ucGroup * betaGroup, 1.0) / betaSum;
-        }
-        Tensor? devLoss = null;
-        if (training)
-        {
-            var dist = (zcGroup - vd.index_select(0, egVd)).norm(1);
-            var meanL2 = torch.zeros(totalVd, dtype: dt, device: dev).index_add(0, egVd, dist, 1.0) / numEdges.to(dt);
-            devLoss = (dist - meanL2.index_select(0, egVd)).abs();
-        }
-        var vdIdxMap = torch.zeros(s * 12, dtype: ScalarType.Int64, device: dev).scatter(0, flat, egVd);
+
+        foreach (var done in new[] { cornerIds, occ, alpha, beta, gamma, edgesX, edgesS, zeroCrossing }) done.Dispose();
+        edgesC?.Dispose();
 
         // ---- quads from surface edges shared by 4 surface cubes
         var groupMask = countsEntry.eq(4).logical_and(surfEdgeEntry);

@@ -128,8 +128,18 @@ public sealed class FlexiCubesInputs : IDisposable
         var vpos = torch.stack(new[] { uniq.div(r1 * r1, RoundingMode.floor), uniq.div(r1, RoundingMode.floor) % r1, uniq % r1 }, 1);
         var sums = torch.zeros(new[] { uniq.shape[0], k }, dtype: ct, device: device).index_add(0, inverse!, attrs.reshape(-1, k), 1.0);
         var vattrs = sums / counts!.to(ct).unsqueeze(1);
-        var conLoss = n == 0 ? torch.zeros(Array.Empty<long>(), dtype: ct, device: device)
-            : (attrs - vattrs.index_select(0, inverse!).reshape(n, 8, k)).square().mean();
+        // the consistency loss (mean squared deviation of every cube corner from its vertex's mean), summed over chunks of
+        // cubes: its [n, 8, k] difference at once is 3 × 0.4 GB for the 1.27 M cubes of a 256³ decode
+        var conSum = torch.zeros(Array.Empty<long>(), dtype: ct, device: device);
+        const long ConChunk = 1 << 16;
+        var attrRows = attrs.reshape(-1, k);
+        for (long s = 0; s < n * 8; s += ConChunk * 8)
+        {
+            using var inner = torch.NewDisposeScope();
+            long len = Math.Min(ConChunk * 8, n * 8 - s);
+            conSum.add_((attrRows.narrow(0, s, len) - vattrs.index_select(0, inverse!.narrow(0, s, len))).square().sum());
+        }
+        var conLoss = n == 0 ? conSum : conSum / (n * 8 * k);
         return new FlexiCubesInputs(resolution, useColor, coords.alias(), weights.contiguous(), vpos, vattrs, conLoss);
     }
 

@@ -180,25 +180,26 @@ internal sealed class SparseConv3d : nn.Module
         long k3 = nbr.shape[1];
         if (n == 0) return torch.zeros(0, cout, dtype: coarse.dtype, device: coarse.device);
         var w = conv.weight.reshape(cout, k3, cin).permute(2, 1, 0).reshape(cin, k3 * cout);   // [in, K³·out], offset-major
-        var y = coarse.matmul(w).view(m * k3, cout);
-        var rows = torch.cat(new[] { y, torch.zeros(1, cout, dtype: y.dtype, device: y.device) }, 0);   // row m·K³: absent
+        // Y = coarse · W written straight into a buffer whose last row (m·K³) is the zero row of absent neighbours
+        var rows = torch.empty(m * k3 + 1, cout, dtype: coarse.dtype, device: coarse.device);
+        rows.narrow(0, m * k3, 1).zero_();
+        rows.narrow(0, 0, m * k3).view(m, k3 * cout).addmm_(coarse, w, 0, 1);
         // row of Y for (p, o): parent(nbr[p, o])·K³ + o, or the zero row where the neighbour is absent (nbr = n)
         var parentOrNone = torch.cat(new[] { parent, torch.full(1, -1L, dtype: ScalarType.Int64, device: parent.device) }, 0);
         var offsets = torch.arange(k3, dtype: ScalarType.Int64, device: parent.device).unsqueeze(0);
         long chunk = Math.Max(1, GatherChunkElements / (k3 * cout));
-        var parts = new List<Tensor>();
+        var output = torch.empty(n, cout, dtype: rows.dtype, device: rows.device);   // written chunk by chunk: no list of parts to concatenate
         for (long s = 0; s < n; s += chunk)
         {
-            long e = Math.Min(n, s + chunk), s0 = s;
-            parts.Add(Precision.Scoped(() =>
-            {
-                var par = parentOrNone.index_select(0, nbr.narrow(0, s0, e - s0).reshape(-1)).view(e - s0, k3);
-                var idx = torch.where(par.ge(0), par * k3 + offsets, torch.full_like(par, m * k3));
-                var sum = rows.index_select(0, idx.view(-1)).view(e - s0, k3, cout).sum(1);
-                return conv.bias is null ? sum : sum + conv.bias;
-            }));
+            long len = Math.Min(n, s + chunk) - s;
+            using var inner = torch.NewDisposeScope();
+            var par = parentOrNone.index_select(0, nbr.narrow(0, s, len).reshape(-1)).view(len, k3);
+            var idx = torch.where(par.ge(0), par * k3 + offsets, torch.full_like(par, m * k3));
+            var o = output.narrow(0, s, len);
+            o.copy_(rows.index_select(0, idx.view(-1)).view(len, k3, cout).sum(1));
+            if (conv.bias is not null) o.add_(conv.bias);
         }
-        return parts.Count == 1 ? parts[0] : torch.cat(parts, 0);
+        return output;
     }
 
     /// <summary>
@@ -241,26 +242,24 @@ internal sealed class SparseConv3d : nn.Module
         long centre = k3 / 2;
         // rows per chunk: the gathered [rows, in] block at most 8·GatherChunkElements elements (64 MB of float32), at least 512 rows
         long chunk = Math.Max(512, GatherChunkElements * 8 / cin);
-        var parts = new List<Tensor>();
+        var output = torch.empty(n, cout, dtype: feats.dtype, device: feats.device);   // accumulated chunk by chunk in place
         for (long s = 0; s < n; s += chunk)
         {
-            long e = Math.Min(n, s + chunk), s0 = s;
-            parts.Add(Precision.Scoped(() =>
+            long rows = Math.Min(n, s + chunk) - s;
+            using var scope = torch.NewDisposeScope();
+            var own = feats.narrow(0, s, rows);
+            var acc = output.narrow(0, s, rows);
+            if (bias is null) acc.addmm_(own, wk[centre], 0, 1);
+            else acc.copy_(bias.expand(rows, cout)).addmm_(own, wk[centre], 1, 1);
+            var idx = nbr.narrow(0, s, rows).t().contiguous();                     // [K³, rows]
+            for (long o = 0; o < k3; o++)
             {
-                long rows = e - s0;
-                var own = feats.narrow(0, s0, rows);
-                var acc = bias is null ? own.matmul(wk[centre]) : torch.addmm(bias, own, wk[centre], 1, 1);
-                var idx = nbr.narrow(0, s0, rows).t().contiguous();                // [K³, rows]
-                for (long o = 0; o < k3; o++)
-                {
-                    if (o == centre) continue;
-                    using var inner = torch.NewDisposeScope();
-                    acc.addmm_(padded.index_select(0, idx[o]), wk[o]);
-                }
-                return acc;
-            }));
+                if (o == centre) continue;
+                using var inner = torch.NewDisposeScope();
+                acc.addmm_(padded.index_select(0, idx[o]), wk[o]);
+            }
         }
-        return parts.Count == 1 ? parts[0] : torch.cat(parts, 0);
+        return output;
     }
 
     /// <summary>
@@ -282,17 +281,16 @@ internal sealed class SparseConv3d : nn.Module
             var g = padded.index_select(0, nbr.view(-1)).view(n, k3 * cin);
             return bias is null ? g.matmul(wm) : torch.addmm(bias, g, wm, 1, 1);
         }
-        var parts = new List<Tensor>();
+        var output = torch.empty(n, cout, dtype: feats.dtype, device: feats.device);   // written chunk by chunk: no parts to concatenate
         for (long s = 0; s < n; s += chunk)
         {
-            long e = Math.Min(n, s + chunk);
-            long s0 = s;
-            parts.Add(Precision.Scoped(() =>
-            {
-                var g = padded.index_select(0, nbr.narrow(0, s0, e - s0).reshape(-1)).view(e - s0, k3 * cin);
-                return bias is null ? g.matmul(wm) : torch.addmm(bias, g, wm, 1, 1);
-            }));
+            long len = Math.Min(n, s + chunk) - s;
+            using var scope = torch.NewDisposeScope();
+            var g = padded.index_select(0, nbr.narrow(0, s, len).reshape(-1)).view(len, k3 * cin);
+            var o = output.narrow(0, s, len);
+            if (bias is null) o.addmm_(g, wm, 0, 1);
+            else o.copy_(bias.expand(len, cout)).addmm_(g, wm, 1, 1);
         }
-        return torch.cat(parts, 0);
+        return output;
     }
 }
