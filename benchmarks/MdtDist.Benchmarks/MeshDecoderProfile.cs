@@ -28,6 +28,23 @@ internal static class MeshDecoderProfile
         long n = coords.shape[0];
         Console.WriteLine($"mesh decoder after the transformer, {dtype}, {torch.get_num_threads()} threads, shell of {n} voxels (radius {radius})");
         const long C = 768;
+        if (args.Contains("--full"))
+        {
+            // the whole released decoder (12 swin blocks) on a random latent, as the pipeline runs it
+            int blocks = args.Contains("--1block") ? 1 : 12;
+            var full = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatMeshDecoder(
+                MdtDist.Trellis.Models.SLatMeshDecoderConfig.FromArgs(System.Text.Json.Nodes.JsonNode.Parse(
+                    $$$"""{"resolution": 64, "model_channels": 768, "latent_channels": 8, "num_blocks": {{{blocks}}}, "num_heads": 12, "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8, "use_fp16": true, "representation_config": {"use_color": true}}""")!.AsObject()), dtype), 6);
+            full.eval();
+            var lat = new SparseTensor(torch.randn(new[] { n, 8L }, generator: new Generator(7)).to(dtype), new SparseCoordinates(coords, 64));
+            for (int rep = 0; rep < 2; rep++)
+            {
+                IReadOnlyList<FlexiCubesInputs> fi = null!;
+                T($"mesh decoder forward, {blocks} blocks (run {rep + 1})", () => fi = full.forward(lat));
+                foreach (var x0 in fi) x0.Dispose();
+            }
+            return;
+        }
         var sb0 = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SparseSubdivideBlock3d(C, 64, C / 4, 32, dtype, null), 1);
         var sb1 = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SparseSubdivideBlock3d(C / 4, 128, C / 8, 32, dtype, null), 2);
         var outLayer = RandomTinyTrellis.Randomize(nn.Linear(C / 8, FlexiCubesInputs.ChannelsWithColor, true, null, dtype), 3);

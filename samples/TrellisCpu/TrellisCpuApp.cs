@@ -126,6 +126,15 @@ public static class TrellisCpuApp
             cells.Add($"[bold]{row.TotalSeconds:F1}[/]");
             table.AddRow(cells.ToArray());
         }
+        var first = report.Results[0];
+        var cpuCells = new List<string> { "CPU s", "" };
+        cpuCells.AddRange(first.Stages.Select(s => $"{s.CpuSeconds:F1}"));
+        cpuCells.Add($"{first.Stages.Sum(s => s.CpuSeconds):F1}");
+        table.AddRow(cpuCells.ToArray());
+        var peakCells = new List<string> { "peak GB", "" };
+        peakCells.AddRange(first.Stages.Select(s => s.PeakResidentBytes > 0 ? $"{s.PeakResidentBytes / 1e9:F2}" : ""));
+        peakCells.Add("");
+        table.AddRow(peakCells.ToArray());
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"peak memory (VmHWM) {report.PeakResidentBytes / 1e9:F2} GB; load average {report.LoadAverage[0]:F2} → {report.LoadAverage[1]:F2}; * = extrapolated or reused");
         AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(md)}[/] and {Markup.Escape(json)}");

@@ -69,7 +69,9 @@ public sealed record TrellisCpuSettings
 /// <param name="CpuSeconds">Process CPU seconds (user + sys) spent meanwhile.</param>
 /// <param name="Evaluations">Network evaluations (flows only; 0 otherwise).</param>
 /// <param name="Measured">False when the time is extrapolated or reused from another row.</param>
-public sealed record StageTime(string Stage, double WallSeconds, double CpuSeconds, int Evaluations, bool Measured);
+/// <param name="PeakResidentBytes">Peak resident memory of the process during the stage (VmHWM after resetting it through
+/// <c>/proc/self/clear_refs</c> at the stage's start; where the kernel refuses the reset, the process peak so far); 0 when not measured.</param>
+public sealed record StageTime(string Stage, double WallSeconds, double CpuSeconds, int Evaluations, bool Measured, long PeakResidentBytes = 0);
 
 /// <summary>One schedule's row.</summary>
 /// <param name="Schedule">Schedule name.</param>
@@ -271,7 +273,7 @@ public static class TrellisCpuBenchmark
             Networks = nets.Sizes().Select(s => new NetworkSize(s.Name, s.Parameters, s.Bytes)).ToList(),
             BuildSeconds = buildSeconds,
             Results = rows,
-            PeakResidentBytes = ProcStatus("VmHWM"),
+            PeakResidentBytes = Math.Max(_peakSoFar, ProcStatus("VmHWM")),
             ResidentAfterBuildBytes = rssAfterBuild,
             LoadAverage = new[] { load0, LoadAverage() },
             MeshSize = meshSize,
@@ -290,19 +292,34 @@ public static class TrellisCpuBenchmark
         {
             if (s.Evaluations == 0) return s with { Measured = false };
             int n = s.Stage == "stage-1 flow" ? teacher.Stage1.Evaluations() : teacher.Stage2.Evaluations();
-            return new StageTime(s.Stage, s.WallSeconds / s.Evaluations * n, s.CpuSeconds / s.Evaluations * n, n, false);
+            return new StageTime(s.Stage, s.WallSeconds / s.Evaluations * n, s.CpuSeconds / s.Evaluations * n, n, false, s.PeakResidentBytes);
         }).ToList();
         return new ScheduleResult("teacher (extrapolated)", teacher.Description + $"; per-evaluation times of {basis.Schedule}", stages);
     }
 
+    /// <summary>The process's peak resident memory over the stages timed so far (the kernel's mark is reset per stage).</summary>
+    private static long _peakSoFar;
+
     private static StageTime Timed(string stage, int evaluations, Action action)
     {
+        _peakSoFar = Math.Max(_peakSoFar, ProcStatus("VmHWM"));
+        ResetPeak();
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         action();
         double wall = sw.Elapsed.TotalSeconds;
         double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
-        return new StageTime(stage, wall, cpu, evaluations, true);
+        long peak = ProcStatus("VmHWM");
+        _peakSoFar = Math.Max(_peakSoFar, peak);
+        return new StageTime(stage, wall, cpu, evaluations, true, peak);
+    }
+
+    /// <summary>Resets the kernel's peak-resident mark (VmHWM) of this process; ignored where not permitted.</summary>
+    private static void ResetPeak()
+    {
+        try { File.WriteAllText("/proc/self/clear_refs", "5"); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
     }
 
     private static Image<Rgb24> SyntheticImage(long seed)
@@ -380,6 +397,13 @@ public static class TrellisCpuBenchmark
             sb.Append($"| {row.Schedule} | {row.FlowEvaluations} |");
             foreach (var s in row.Stages) sb.Append($" {F(s.WallSeconds)}{(s.Measured ? "" : "*")} |");
             sb.AppendLine($" {F(row.TotalSeconds)} | {F(row.Stages.Sum(s => s.CpuSeconds))} |");
+        }
+        var first = r.Results[0];
+        if (first.Stages.Any(s => s.PeakResidentBytes > 0))
+        {
+            sb.Append($"| peak resident GB during the stage ({first.Schedule}) | |");
+            foreach (var s in first.Stages) sb.Append($" {(s.PeakResidentBytes > 0 ? F(s.PeakResidentBytes / 1e9, "F2") : "")} |");
+            sb.AppendLine(" | |");
         }
         sb.AppendLine();
         sb.AppendLine("\\* not measured in this row: extrapolated (teacher flows: 44 evaluations per stage × the measured time of one) or reused from the first row (decoders do not depend on the schedule).");
