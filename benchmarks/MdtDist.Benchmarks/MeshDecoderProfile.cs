@@ -81,6 +81,24 @@ internal static class MeshDecoderProfile
         var pa = nn.functional.silu(gn1.Forward(h0).Feats);
         var gg = torch.randn(new[] { fineSites.Count, co }, generator: g).to(dtype);
         var parentRow = torch.arange(fineSites.Count, dtype: ScalarType.Int64).div(8, RoundingMode.floor);
+        if (args.Contains("--gn"))
+        {
+            var gw = torch.ones(co); var gb = torch.zeros(co);
+            for (int rep = 0; rep < 2; rep++)
+            {
+                T("ours: GN2 + SiLU", () => gn2.ForwardSiLU(new SparseTensor(gg, fineSites), dtype).Dispose());
+                T("native group_norm on a channels-last view", () =>
+                {
+                    using var sc = torch.NewDisposeScope();
+                    var v = gg.t().unsqueeze(0).unsqueeze(-1);   // [1, C, L, 1]
+                
+                    var y = nn.functional.group_norm(v, 32, gw.to(dtype), gb.to(dtype), 1e-5);
+                    Console.WriteLine($"    output strides [{string.Join(",", y.stride())}] dtype {y.dtype}");
+                    nn.functional.silu(y, inplace: true);
+                });
+            }
+            return;
+        }
         for (int pass = 0; pass < 2; pass++)
         {
             Console.WriteLine($" pass {pass + 1}");
