@@ -107,15 +107,15 @@ internal sealed class ModulatedSparseTransformerCrossBlock : nn.Module
         var parts = rows.chunk(6, 1);
         Tensor shiftMsa = parts[0], scaleMsa = parts[1], gateMsa = parts[2], shiftMlp = parts[3], scaleMlp = parts[4], gateMlp = parts[5];
         var f = x.Feats;
-        var h = norm1.forward(f) * (scaleMsa + 1) + shiftMsa;
+        var h = AdaLn.Modulate(norm1.forward(f), shiftMsa, scaleMsa);
         h = self_attn.Forward(x.ReplaceFeats(h)).Feats;
-        f = f + h * gateMsa;
+        f = AdaLn.GatedAdd(f, h, gateMsa);
         h = norm2.forward(f);
         h = cross_attn.Forward(x.ReplaceFeats(h), context).Feats;
         f = f + h;
-        h = norm3.forward(f) * (scaleMlp + 1) + shiftMlp;
+        h = AdaLn.Modulate(norm3.forward(f), shiftMlp, scaleMlp);
         h = mlp.forward(h);
-        f = f + h * gateMlp;
+        f = AdaLn.GatedAdd(f, h, gateMlp);
         return x.ReplaceFeats(f);
     }
 }
