@@ -200,3 +200,131 @@ internal static class FlowBlockProfile
         return log;
     }
 }
+
+/// <summary>Ways to compute the stage-1 self-attention (16 heads, 4096 tokens, head dim 64) in one dtype: speed and error
+/// against a float64 reference. Run: <c>... -- sdpa-variants [float32|bfloat16] [threads] [tokens]</c>.</summary>
+internal static class SdpaVariants
+{
+    public static void Run(string[] args)
+    {
+        var dt = CpuFeatures.ResolveComputeDType(args.Length > 0 ? args[0] : "bfloat16");
+        torch.set_num_threads(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1);
+        long l = args.Length > 2 ? long.Parse(args[2], CultureInfo.InvariantCulture) : 4096, lk = args.Length > 3 ? long.Parse(args[3], CultureInfo.InvariantCulture) : l;
+        using var noGrad = torch.no_grad();
+        var g = new Generator(3);
+        // q, k as after the RMS norm (unit rows × 8 = √64): scores of order ±8
+        var q64 = F.normalize(torch.randn(new[] { 1L, l, 16, 64 }, ScalarType.Float64, generator: g), dim: -1) * 8;
+        var k64 = F.normalize(torch.randn(new[] { 1L, lk, 16, 64 }, ScalarType.Float64, generator: g), dim: -1) * 8;
+        var v64 = torch.randn(new[] { 1L, lk, 16, 64 }, ScalarType.Float64, generator: g);
+        var reference = DenseAttention.Compute(q64, k64, v64, AttentionBackend.Math);
+        var q = q64.to(dt); var k = k64.to(dt); var v = v64.to(dt);
+        double flop = 4.0 * l * lk * 1024 / 1e9;
+        Tensor? first = null;
+        void T(string name, Func<Tensor> f)
+        {
+            using var scope = torch.NewDisposeScope();
+            var warm = f();
+            bool same = first is null || (warm == first).all().item<bool>();
+            first ??= warm.DetachFromDisposeScope();
+            double c0 = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
+            var y = f();
+            double c = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds - c0;
+            double err = ((y.to(ScalarType.Float64) - reference).norm() / reference.norm()).item<double>();
+            Console.WriteLine($"  {name,-60} {c,7:F3} CPU s {flop / c,6:F1} GFLOP/CPU-s  rel. error {err:E2}{(same ? "" : "  (differs from the first)")}");
+        }
+        Console.WriteLine($"attention {dt}, {torch.get_num_threads()} thread(s), [1, {l}, 16, 64] x [1, {lk}, 16, 64], {flop:F1} GFLOP");
+        T("DenseAttention.Compute (SDPA on permuted views)", () => DenseAttention.Compute(q, k, v, AttentionBackend.Auto));
+        T("SDPA on contiguous [B, H, L, D]", () =>
+        {
+            var qh = q.permute(0, 2, 1, 3).contiguous(); var kh = k.permute(0, 2, 1, 3).contiguous(); var vh = v.permute(0, 2, 1, 3).contiguous();
+            return F.scaled_dot_product_attention(qh, kh, vh).permute(0, 2, 1, 3);
+        });
+        T("SDPA in float32 (cast in and out)", () => DenseAttention.Compute(q.to(ScalarType.Float32), k.to(ScalarType.Float32), v.to(ScalarType.Float32), AttentionBackend.Auto).to(dt));
+        foreach (long chunk in new long[] { 512, 1024 })
+        {
+            T($"explicit, {chunk}-query chunks: bmm, softmax(float32), bmm", () =>
+            {
+                var qh = (q.permute(0, 2, 1, 3) * (1.0 / 8)).contiguous(); var kt = k.permute(0, 2, 3, 1).contiguous(); var vh = v.permute(0, 2, 1, 3).contiguous();
+                var outs = new List<Tensor>();
+                for (long a = 0; a < l; a += chunk)
+                {
+                    using var s2 = torch.NewDisposeScope();
+                    var s = qh.narrow(2, a, Math.Min(chunk, l - a)).matmul(kt);
+                    var p = s.softmax(-1, ScalarType.Float32).to(dt);
+                    outs.Add(p.matmul(vh).MoveToOuterDisposeScope());
+                }
+                return torch.cat(outs, 2).permute(0, 2, 1, 3);
+            });
+        }
+    }
+}
+
+/// <summary>
+/// Whole flows at full width with few blocks: TRELLIS-image-large's stage-1 flow (16³ latent) and stage-2 flow (a
+/// 22,720-voxel shell of the 64³ grid, with its IO blocks) built in float32 with seeded weights, run, converted to
+/// bfloat16 (the same weights, rounded) and run again on the same inputs: CPU seconds of each forward (two calls each;
+/// the second reuses the cached context K/V), the bfloat16 / float32 ratio and the relative 2-norm error of the
+/// bfloat16 output against float32. Run: <c>... -- flow-speed [stage1,stage2] [blocks,...] [threads]</c>.
+/// </summary>
+internal static class FlowSpeed
+{
+    public static void Run(string[] args)
+    {
+        var stages = (args.Length > 0 ? args[0] : "stage1,stage2").Split(',');
+        var blockCounts = (args.Length > 1 ? args[1] : "1,4").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+        torch.set_num_threads(args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 1);
+        using var noGrad = torch.no_grad();
+        var g = new Generator(21);
+        var cond = F.layer_norm(torch.randn(new long[] { 1, 1374, 1024 }, generator: g), new long[] { 1024 });
+        var t = torch.full(new long[] { 1 }, 1000.0);
+        var noise1 = torch.randn(new long[] { 1, 8, 16, 16, 16 }, generator: g);
+        var coords = Stage2Profile.Shell(26, 3);
+        var noise2 = torch.randn(new[] { coords.shape[0], 8L }, generator: g);
+        Console.WriteLine($"| flow | blocks | float32 CPU s (1st, 2nd call) | bfloat16 CPU s (1st, 2nd call) | bf16 speed-up (2nd call) | bf16 rel. error vs float32 | float32 GFLOP/CPU-s (blocks only, 2nd call) |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
+        foreach (var stage in stages)
+            foreach (int blocks in blockCounts)
+            {
+                nn.Module module;
+                Func<ScalarType, Tensor> forward;
+                double blockGflop;
+                if (stage == "stage1")
+                {
+                    var m = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SparseStructureFlowModel(MdtDist.Trellis.Models.SparseStructureFlowConfig.ImageLarge with { NumBlocks = blocks }), 1);
+                    module = m;
+                    forward = dt => m.forward(noise1.to(dt), t.to(dt), cond.to(dt)).to(ScalarType.Float32);
+                    blockGflop = BlockGflop(4096);
+                }
+                else
+                {
+                    var m = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatFlowModel(MdtDist.Trellis.Models.SLatFlowConfig.ImageLarge with { NumBlocks = blocks }), 1);
+                    module = m;
+                    forward = dt => m.forward(new SparseTensor(noise2.to(dt), coords, 64), t.to(dt), cond.to(dt)).Feats.to(ScalarType.Float32);
+                    blockGflop = BlockGflop(SparseSpatial.Downsample(new SparseCoordinates(coords, 64), 2).Coarse.Count);
+                }
+                module.eval();
+                var (y32, a32, b32) = TwoCalls(() => forward(ScalarType.Float32));
+                module.to(ScalarType.BFloat16);
+                var (y16, a16, b16) = TwoCalls(() => forward(ScalarType.BFloat16));
+                double err = ((y16.to(ScalarType.Float64) - y32.to(ScalarType.Float64)).norm() / y32.to(ScalarType.Float64).norm()).item<double>();
+                Console.WriteLine($"| {stage} | {blocks} | {a32:F2}, {b32:F2} | {a16:F2}, {b16:F2} | {b32 / b16:F2}× | {err:E2} | {blocks * blockGflop / b32:F1} (of {b32:F2} s) |");
+                module.Dispose();
+                y32.Dispose();
+                y16.Dispose();
+            }
+    }
+
+    /// <summary>GFLOP of one modulated cross block over <paramref name="l"/> tokens (GEMMs and attention, context K/V cached).</summary>
+    private static double BlockGflop(long l) => (2.0 * l * 1024 * (3 * 1024 + 3 * 1024 + 2 * 4096) + 4.0 * l * l * 1024 + 4.0 * l * 1374 * 1024) / 1e9;
+
+    private static (Tensor Y, double First, double Second) TwoCalls(Func<Tensor> f)
+    {
+        double Cpu() => Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
+        double c0 = Cpu();
+        f().Dispose();
+        double first = Cpu() - c0;
+        c0 = Cpu();
+        var y = f();
+        return (y, first, Cpu() - c0);
+    }
+}
