@@ -61,3 +61,24 @@ public class BFloat16PathTests
         Assert.True((norm.forward(x) == F.layer_norm(x, new long[] { 64 }, eps: 1e-6)).all().item<bool>());
     }
 }
+
+public class FusedSdpaTests
+{
+    [Theory]
+    [InlineData(ScalarType.BFloat16, false)]
+    [InlineData(ScalarType.BFloat16, true)]
+    [InlineData(ScalarType.Float16, true)]
+    public void HeadMajorCopiesGiveTheSameValuesAsTheViews(ScalarType dtype, bool masked)
+    {
+        using var scope = torch.NewDisposeScope();
+        var g = new Generator(44);
+        // the block's layout: q, k, v views of one [B, L, 3, H, D] projection, permuted to [B, H, L, D]
+        var qkv = torch.randn(new long[] { 2, 300, 3, 4, 64 }, generator: g).to(dtype);
+        var parts = qkv.unbind(2).Select(t => t.permute(0, 2, 1, 3)).ToArray();
+        var mask = masked ? (torch.rand(new long[] { 2, 1, 1, 300 }, generator: g) > 0.3) : null;
+        var viaViews = F.scaled_dot_product_attention(parts[0], parts[1], parts[2], mask);
+        var got = DenseAttention.FusedSdpa(parts[0], parts[1], parts[2], mask);
+        Assert.Equal(dtype, got.dtype);
+        Assert.True((got == viaViews).all().item<bool>(), $"{dtype}: max diff {(got - viaViews).abs().max().to(ScalarType.Float64).item<double>()}");
+    }
+}
