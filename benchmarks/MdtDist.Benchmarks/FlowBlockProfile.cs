@@ -263,13 +263,22 @@ internal static class SdpaVariants
 
 /// <summary>
 /// Whole flows at full width with few blocks: TRELLIS-image-large's stage-1 flow (16³ latent) and stage-2 flow (a
-/// 22,720-voxel shell of the 64³ grid, with its IO blocks) built in float32 with seeded weights, run, converted to
-/// bfloat16 (the same weights, rounded) and run again on the same inputs: CPU seconds of each forward (two calls each;
-/// the second reuses the cached context K/V), the bfloat16 / float32 ratio and the relative 2-norm error of the
-/// bfloat16 output against float32. Run: <c>... -- flow-speed [stage1,stage2] [blocks,...] [threads]</c>.
+/// 22,720-voxel shell of the 64³ grid, with its IO blocks) built in float32 with seeded weights, then converted to
+/// bfloat16 (the same weights, rounded), each run on the same inputs with this branch's CPU paths off ("before": float32
+/// round-trip layer norms, SDPA on strided views, per-row modulation copies) and on ("after"), two calls each (the
+/// figure is the smaller CPU time; the context K/V is cached after the first call), interleaved so that load from other
+/// processes falls on both. Prints the 2048³ GEMM rates as the yardstick, CPU seconds, the bfloat16 / float32 ratios and
+/// the relative 2-norm error of bfloat16 against float32. Run: <c>... -- flow-speed [stage1,stage2] [blocks,...] [threads]</c>.
 /// </summary>
 internal static class FlowSpeed
 {
+    private static void Switch(bool after)
+    {
+        Precision.NativeBFloat16LayerNorm = after;
+        DenseAttention.HeadMajorReducedSdpa = after;
+        SparseRowBroadcast.Enabled = after;
+    }
+
     public static void Run(string[] args)
     {
         var stages = (args.Length > 0 ? args[0] : "stage1,stage2").Split(',');
@@ -289,14 +298,14 @@ internal static class FlowSpeed
             double best = double.MaxValue;
             for (int rep = 0; rep < 3; rep++)
             {
-                double c0 = Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
+                double c0 = Cpu();
                 a.matmul(b).Dispose();
-                best = Math.Min(best, Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds - c0);
+                best = Math.Min(best, Cpu() - c0);
             }
             Console.WriteLine($"GEMM 2048³ {dt}: {2.0 * 2048 * 2048 * 2048 / 1e9 / best:F1} GFLOP per CPU-second (best of 3)");
         }
-        Console.WriteLine($"| flow | blocks | float32 CPU s (1st, 2nd call) | bfloat16 CPU s (1st, 2nd call) | bf16 speed-up (2nd call) | bf16 rel. error vs float32 | float32 GFLOP/CPU-s (blocks only, 2nd call) |");
-        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
+        Console.WriteLine("| flow | blocks | float32 before | float32 after | bf16 before | bf16 after | bf16/f32 before | bf16/f32 after | bf16 error before | bf16 error after | float32 after: block GFLOP per CPU-s | float32 output before = after, bit for bit |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         foreach (var stage in stages)
             foreach (int blocks in blockCounts)
             {
@@ -318,28 +327,35 @@ internal static class FlowSpeed
                     blockGflop = BlockGflop(SparseSpatial.Downsample(new SparseCoordinates(coords, 64), 2).Coarse.Count);
                 }
                 module.eval();
-                var (y32, a32, b32) = TwoCalls(() => forward(ScalarType.Float32));
-                module.to(ScalarType.BFloat16);
-                var (y16, a16, b16) = TwoCalls(() => forward(ScalarType.BFloat16));
-                double err = ((y16.to(ScalarType.Float64) - y32.to(ScalarType.Float64)).norm() / y32.to(ScalarType.Float64).norm()).item<double>();
-                Console.WriteLine($"| {stage} | {blocks} | {a32:F2}, {b32:F2} | {a16:F2}, {b16:F2} | {b32 / b16:F2}× | {err:E2} | {blocks * blockGflop / b32:F1} (of {b32:F2} s) |");
+                var cpu = new double[4];                 // f32 before, f32 after, bf16 before, bf16 after
+                var y = new Tensor[4];
+                for (int d = 0; d < 2; d++)
+                {
+                    var dt = d == 0 ? ScalarType.Float32 : ScalarType.BFloat16;
+                    if (d == 1) module.to(ScalarType.BFloat16);
+                    cpu[2 * d] = cpu[2 * d + 1] = double.MaxValue;
+                    for (int call = 0; call < 2; call++)
+                        for (int after = 0; after < 2; after++)
+                        {
+                            Switch(after == 1);
+                            double c0 = Cpu();
+                            var yi = forward(dt);
+                            cpu[2 * d + after] = Math.Min(cpu[2 * d + after], Cpu() - c0);
+                            y[2 * d + after]?.Dispose();
+                            y[2 * d + after] = yi;
+                        }
+                }
+                Switch(true);
+                double Err(Tensor low, Tensor f32) => ((low.to(ScalarType.Float64) - f32.to(ScalarType.Float64)).norm() / f32.to(ScalarType.Float64).norm()).item<double>();
+                Console.WriteLine($"| {stage} | {blocks} | {cpu[0]:F2} | {cpu[1]:F2} | {cpu[2]:F2} | {cpu[3]:F2} | {cpu[0] / cpu[2]:F2}× | {cpu[1] / cpu[3]:F2}× | {Err(y[2], y[0]):E2} | {Err(y[3], y[1]):E2} | {blocks * blockGflop / cpu[1]:F1} | {((y[0] == y[1]).all().item<bool>() ? "yes" : "no")} |");
+                Console.Out.Flush();
                 module.Dispose();
-                y32.Dispose();
-                y16.Dispose();
+                foreach (var yi in y) yi.Dispose();
             }
     }
 
+    private static double Cpu() => Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
+
     /// <summary>GFLOP of one modulated cross block over <paramref name="l"/> tokens (GEMMs and attention, context K/V cached).</summary>
     private static double BlockGflop(long l) => (2.0 * l * 1024 * (3 * 1024 + 3 * 1024 + 2 * 4096) + 4.0 * l * l * 1024 + 4.0 * l * 1374 * 1024) / 1e9;
-
-    private static (Tensor Y, double First, double Second) TwoCalls(Func<Tensor> f)
-    {
-        double Cpu() => Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
-        double c0 = Cpu();
-        f().Dispose();
-        double first = Cpu() - c0;
-        c0 = Cpu();
-        var y = f();
-        return (y, first, Cpu() - c0);
-    }
 }
