@@ -235,7 +235,10 @@ internal static class SdpaVariants
             Console.WriteLine($"  {name,-60} {c,7:F3} CPU s {flop / c,6:F1} GFLOP/CPU-s  rel. error {err:E2}{(same ? "" : "  (differs from the first)")}");
         }
         Console.WriteLine($"attention {dt}, {torch.get_num_threads()} thread(s), [1, {l}, 16, 64] x [1, {lk}, 16, 64], {flop:F1} GFLOP");
-        T("DenseAttention.Compute (SDPA on permuted views)", () => DenseAttention.Compute(q, k, v, AttentionBackend.Auto));
+        DenseAttention.HeadMajorReducedSdpa = false;
+        T("SDPA on the permuted views (main before this branch)", () => DenseAttention.Compute(q, k, v, AttentionBackend.Auto));
+        DenseAttention.HeadMajorReducedSdpa = true;
+        T("DenseAttention.Compute (head-major copies for bf16/f16)", () => DenseAttention.Compute(q, k, v, AttentionBackend.Auto));
         T("SDPA on contiguous [B, H, L, D]", () =>
         {
             var qh = q.permute(0, 2, 1, 3).contiguous(); var kh = k.permute(0, 2, 1, 3).contiguous(); var vh = v.permute(0, 2, 1, 3).contiguous();
