@@ -52,7 +52,7 @@ internal static class Precision
     internal static bool NativeReducedLayerNorm(Tensor x, Tensor? weight, Tensor? bias) =>
         NativeBFloat16LayerNorm && x.dtype == ScalarType.BFloat16 && x.device_type == DeviceType.CPU
         && (weight is null || weight.dtype is ScalarType.BFloat16 or ScalarType.Float32)
-        && (bias is null || bias.dtype == (weight?.dtype ?? bias.dtype));
+        && (bias is null || (bias.dtype is ScalarType.BFloat16 or ScalarType.Float32 && (weight is null || bias.dtype == weight.dtype)));
 
     /// <summary>Moves <paramref name="x"/> to <paramref name="device"/> when it is elsewhere.</summary>
     public static Tensor On(this Tensor x, Device device) =>
