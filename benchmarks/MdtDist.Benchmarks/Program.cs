@@ -7,6 +7,21 @@ if (args.Length > 0 && args[0] == "stage2-profile")
     MdtDist.Benchmarks.Stage2Profile.Run(args[1..]);
     return;
 }
+if (args.Length > 0 && args[0] == "flow-block-profile")
+{
+    MdtDist.Benchmarks.FlowBlockProfile.Run(args[1..]);
+    return;
+}
+if (args.Length > 0 && args[0] == "sdpa-variants")
+{
+    MdtDist.Benchmarks.SdpaVariants.Run(args[1..]);
+    return;
+}
+if (args.Length > 0 && args[0] == "flow-speed")
+{
+    MdtDist.Benchmarks.FlowSpeed.Run(args[1..]);
+    return;
+}
 if (args.Length > 0 && args[0] == "mesh-profile")
 {
     MdtDist.Benchmarks.MeshDecoderProfile.Run(args[1..]);

@@ -57,8 +57,8 @@ internal sealed class SparseResBlock3d : nn.Module
         if (_up && SparseConv3d.FuseUpsample) return ForwardUpsampled(x, ss[0], ss[1]);
         if (_down) x = SparseSpatial.Downsample(x, 2);
         else if (_up) x = SparseSpatial.Upsample(x, 2);
-        var scale = x.PerRow(ss[0]);
-        var shift = x.PerRow(ss[1]);
+        var scale = x.PerRowOrShared(ss[0]);
+        var shift = x.PerRowOrShared(ss[1]);
         var h = nn.functional.silu(norm1.forward(x.Feats));
         h = conv1.Apply(h, x.Coordinates);
         h = norm2.forward(h) * (scale + 1) + shift;

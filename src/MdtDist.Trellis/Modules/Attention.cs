@@ -15,6 +15,26 @@ internal static class DenseAttention
         _ => backend,
     };
 
+    /// <summary>Off: reduced-precision SDPA gets the strided views (for before/after benchmarks).</summary>
+    internal static bool HeadMajorReducedSdpa = true;
+
+    /// <summary>
+    /// libtorch's fused SDPA (default scale 1/√D) on <c>[B, H, L, D]</c> tensors, <paramref name="mask"/> true where a key
+    /// is attended. bfloat16 / float16 inputs on the CPU are first copied head-major contiguous: the flash kernel gives
+    /// the same values and runs 5–14 % faster on them at the flows' 1,374–4,096 keys, neutral for short windows
+    /// (docs/trellis-cpu-bf16.md); float32 passes the views as they are.
+    /// </summary>
+    public static Tensor FusedSdpa(Tensor qh, Tensor kh, Tensor vh, Tensor? mask = null, bool causal = false)
+    {
+        if (HeadMajorReducedSdpa && qh.dtype is ScalarType.BFloat16 or ScalarType.Float16 && qh.device_type == DeviceType.CPU)
+        {
+            using var scope = torch.NewDisposeScope();
+            return F.scaled_dot_product_attention(qh.contiguous(), kh.contiguous(), vh.contiguous(), mask, is_casual: causal)
+                .MoveToOuterDisposeScope();
+        }
+        return F.scaled_dot_product_attention(qh, kh, vh, mask, is_casual: causal);
+    }
+
     /// <summary>
     /// softmax(q·kᵀ/√D)·v with q <c>[B, Lq, H, D]</c>, k <c>[B, Lk, H, D]</c>, v <c>[B, Lk, H, Dv]</c>; returns <c>[B, Lq, H, Dv]</c>.
     /// With <paramref name="causal"/> (Lq = Lk), query i attends to keys j ≤ i only.
@@ -29,7 +49,7 @@ internal static class DenseAttention
         if (Resolve(backend, q) == AttentionBackend.Sdpa)
         {
             // SDPA's default scale is 1/sqrt(D), the scale TRELLIS uses.
-            o = F.scaled_dot_product_attention(qh, kh, vh, is_casual: causal);
+            o = FusedSdpa(qh, kh, vh, null, causal);
         }
         else
         {

@@ -68,19 +68,25 @@ internal sealed class ModulatedTransformerCrossBlock : nn.Module<Tensor, Tensor,
         Tensor shiftMsa = c[0].unsqueeze(1), scaleMsa = c[1].unsqueeze(1), gateMsa = c[2].unsqueeze(1);
         Tensor shiftMlp = c[3].unsqueeze(1), scaleMlp = c[4].unsqueeze(1), gateMlp = c[5].unsqueeze(1);
 
-        var h = norm1.forward(x);
-        h = h * (1 + scaleMsa) + shiftMsa;
+        var h = AdaLn.Modulate(norm1.forward(x), shiftMsa, scaleMsa);
         h = self_attn.forward(h, null);
-        h = h * gateMsa;
-        x = x + h;
+        x = AdaLn.GatedAdd(x, h, gateMsa);
         h = norm2.forward(x);
         h = cross_attn.forward(h, context);
         x = x + h;
-        h = norm3.forward(x);
-        h = h * (1 + scaleMlp) + shiftMlp;
+        h = AdaLn.Modulate(norm3.forward(x), shiftMlp, scaleMlp);
         h = mlp.forward(h);
-        h = h * gateMlp;
-        x = x + h;
+        x = AdaLn.GatedAdd(x, h, gateMlp);
         return x.MoveToOuterDisposeScope();
     }
+}
+
+/// <summary>The adaLN elementwise steps shared by the dense and sparse modulated blocks.</summary>
+internal static class AdaLn
+{
+    /// <summary>TRELLIS's modulation <c>h·(1 + scale) + shift</c> (scale, shift broadcast over the tokens).</summary>
+    public static Tensor Modulate(Tensor h, Tensor shift, Tensor scale) => h * (1 + scale) + shift;
+
+    /// <summary>The gated residual <c>x + h·gate</c>.</summary>
+    public static Tensor GatedAdd(Tensor x, Tensor h, Tensor gate) => x + h * gate;
 }

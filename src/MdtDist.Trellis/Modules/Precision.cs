@@ -30,6 +30,8 @@ internal static class Precision
     /// <summary><c>F.layer_norm</c> over the last axis, computed in at least float32, returned in the input dtype.</summary>
     public static Tensor LayerNorm(Tensor x, Tensor? weight, Tensor? bias, double eps)
     {
+        if (NativeReducedLayerNorm(x, weight, bias))
+            return nn.functional.layer_norm(x, new[] { x.shape[^1] }, weight, bias, eps);
         var ct = AtLeastFloat32(x.dtype);
         var xc = x.dtype == ct ? x : x.to(ct);
         var w = weight is null ? null : weight.dtype == ct ? weight : weight.to(ct);
@@ -37,6 +39,20 @@ internal static class Precision
         var y = nn.functional.layer_norm(xc, new[] { x.shape[^1] }, w, b, eps);
         return y.dtype == x.dtype ? y : y.to(x.dtype);
     }
+
+    /// <summary>Off: bfloat16 layer norms take the float32 round trip (for before/after benchmarks).</summary>
+    internal static bool NativeBFloat16LayerNorm = true;
+
+    /// <summary>
+    /// True when libtorch's own layer_norm gives the float32 round trip's result for <paramref name="x"/>: a bfloat16
+    /// CPU tensor with bfloat16 or float32 affine parameters. libtorch's CPU kernel reads bfloat16, computes mean,
+    /// variance and the affine map in float32 and rounds once, as <c>layer_norm(x.float()).to(bfloat16)</c> does, without
+    /// the two casts of the activations (tested in BFloat16PathTests).
+    /// </summary>
+    internal static bool NativeReducedLayerNorm(Tensor x, Tensor? weight, Tensor? bias) =>
+        NativeBFloat16LayerNorm && x.dtype == ScalarType.BFloat16 && x.device_type == DeviceType.CPU
+        && (weight is null || weight.dtype is ScalarType.BFloat16 or ScalarType.Float32)
+        && (bias is null || (bias.dtype is ScalarType.BFloat16 or ScalarType.Float32 && (weight is null || bias.dtype == weight.dtype)));
 
     /// <summary>Moves <paramref name="x"/> to <paramref name="device"/> when it is elsewhere.</summary>
     public static Tensor On(this Tensor x, Device device) =>

@@ -144,7 +144,7 @@ internal static class SparseAttention
         else
         {
             var mask = keyValid?.view(s, 1, 1, lk);
-            o = nn.functional.scaled_dot_product_attention(qh, kh, vh, mask);
+            o = DenseAttention.FusedSdpa(qh, kh, vh, mask);
         }
         return o.permute(0, 2, 1, 3);
     }
