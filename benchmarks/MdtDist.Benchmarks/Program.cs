@@ -7,6 +7,11 @@ if (args.Length > 0 && args[0] == "stage2-profile")
     MdtDist.Benchmarks.Stage2Profile.Run(args[1..]);
     return;
 }
+if (args.Length > 0 && args[0] == "trunk-profile")
+{
+    MdtDist.Benchmarks.TrunkProfile.Run(args[1..]);
+    return;
+}
 if (args.Length > 0 && args[0] == "mesh-profile")
 {
     MdtDist.Benchmarks.MeshDecoderProfile.Run(args[1..]);

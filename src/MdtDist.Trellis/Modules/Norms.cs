@@ -15,13 +15,11 @@ internal sealed class LayerNorm32 : nn.Module<Tensor, Tensor>
     private readonly Parameter? weight;
     private readonly Parameter? bias;
 #pragma warning restore IDE1006
-    private readonly long[] _shape;
 
     public LayerNorm32(long channels, bool elementwiseAffine, double eps, ScalarType dtype, Device? device) : base(nameof(LayerNorm32))
     {
         Channels = channels;
         Eps = eps;
-        _shape = new[] { channels };
         if (elementwiseAffine)
         {
             weight = new Parameter(torch.ones(channels, dtype: dtype, device: device));
@@ -35,12 +33,10 @@ internal sealed class LayerNorm32 : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var cd = Precision.AtLeastFloat32(x.dtype);
+        if (x.shape[^1] != Channels)
+            throw new ArgumentException($"LayerNorm32 over {Channels} channels got input {Precision.Shape(x.shape)}.", nameof(x));
         using var scope = torch.NewDisposeScope();
-        var y = F.layer_norm(x.As(cd), _shape,
-            weight is null ? null : weight.As(cd),
-            bias is null ? null : bias.As(cd), Eps);
-        return y.As(x.dtype).MoveToOuterDisposeScope();
+        return Precision.LayerNorm(x, weight, bias, Eps).MoveToOuterDisposeScope();
     }
 }
 

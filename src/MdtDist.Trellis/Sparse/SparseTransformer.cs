@@ -55,7 +55,7 @@ internal sealed class SparseTransformerBlock : nn.Module
     {
         var f = x.Feats;
         f = f + attn.Forward(x.ReplaceFeats(norm1.forward(f))).Feats;
-        f = f + mlp.forward(norm2.forward(f));
+        f = mlp.AddForward(f, norm2.forward);   // f is this block's own tensor: updated in place without autograd
         return x.ReplaceFeats(f);
     }
 }
