@@ -84,12 +84,20 @@ internal static class TrunkProfile
                 SwinPieces(plan, qkv, n, T, out o);
                 T("output projection (768→768)", 2.0 * n * C * C / 1e9, () => o = attn.to_out.forward(o));
                 T("residual adds", 0, () => f = f + o);
-                T("norm2 (LayerNorm32)", 0, () => a = block.norm2.forward(f));
+                // FeedForwardNet.AddForward without autograd: row chunks, GELU and residual add in place
                 var lin = block.mlp.Linears().ToArray();
-                T("MLP fc1 (768→3072)", 2.0 * n * C * 4 * C / 1e9, () => a = lin[0].forward(a));
-                T("MLP GELU (tanh)", 0, () => a = nn.functional.gelu(a, GELU.Approximate.tanh));
-                T("MLP fc2 (3072→768)", 2.0 * n * C * 4 * C / 1e9, () => a = lin[1].forward(a));
-                T("residual adds", 0, () => f = f + a);
+                long rows = Math.Max(1, FeedForwardNet.RowChunkElements / (4 * C));
+                for (long r = 0; r < n; r += rows)
+                {
+                    using var chunkScope = torch.NewDisposeScope();
+                    var fr = f.narrow(0, r, Math.Min(rows, n - r));
+                    long m = fr.shape[0];
+                    T("norm2 (LayerNorm32)", 0, () => a = block.norm2.forward(fr));
+                    T("MLP fc1 (768→3072)", 2.0 * m * C * 4 * C / 1e9, () => a = lin[0].forward(a));
+                    T("MLP GELU (tanh, in place)", 0, () => a = a.gelu_(GELU.Approximate.tanh));
+                    T("MLP fc2 (3072→768)", 2.0 * m * C * 4 * C / 1e9, () => a = lin[1].forward(a));
+                    T("residual adds", 0, () => fr.add_(a));
+                }
                 x = x.ReplaceFeats(f);
                 blockTotal += Cpu() - cpu0;
             }
@@ -175,8 +183,12 @@ internal static class TrunkProfile
             ResetPeak();
             long before = Rss();
             IReadOnlyList<MdtDist.Trellis.Representations.Gaussians> gs = null!;
-            var (c, s) = Measure(() => gs = dec.forward(x));
-            Console.WriteLine($"  forward {rep} (new coordinates: partitions built inside): {s,7:F2} s wall {c,7:F2} s CPU; resident {before / 1e9:F2} GB before, peak {Peak() / 1e9:F2} GB; {gs.Sum(x => x.Count)} Gaussians");
+            SparseTensor h = null!;
+            using var scope = torch.NewDisposeScope();
+            var (c, s) = Measure(() => h = dec.ForwardFeatures(x));
+            var (c2, s2) = Measure(() => gs = dec.ToRepresentation(h));
+            Console.WriteLine($"  forward {rep} (new coordinates: partitions built inside): {s + s2,7:F2} s wall {c + c2,7:F2} s CPU " +
+                $"(network {c:F2}, to_representation {c2:F2} CPU s); resident {before / 1e9:F2} GB before, peak {Peak() / 1e9:F2} GB; {gs.Sum(x => x.Count)} Gaussians");
             foreach (var x1 in gs) x1.Dispose();
         }
     }
