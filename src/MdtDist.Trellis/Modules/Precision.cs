@@ -28,17 +28,17 @@ internal static class Precision
     public static string Shape(long[] shape) => MdtDist.Core.ArgumentChecks.Shape(shape);
 
     /// <summary>
-    /// <c>F.layer_norm</c> over the last axis, computed in at least float32, returned in the input dtype. A float16 or
-    /// bfloat16 input goes to libtorch's layer norm as it is, with float32 weights: that kernel computes in float32 and
-    /// rounds once, like TRELLIS's <c>x.float()</c> … <c>.type(x.dtype)</c>, without the two casts' passes over memory
-    /// (measured: results differ in ≈ 3·10⁻⁵ of the elements by one unit in the last place, 8× less CPU time).
+    /// <c>F.layer_norm</c> over the last axis, computed in at least float32, returned in the input dtype. On the CPU a
+    /// float16 or bfloat16 input goes to libtorch's layer norm as it is, with float32 weights: that kernel computes in
+    /// float32 and rounds once, like TRELLIS's <c>x.float()</c> … <c>.type(x.dtype)</c>, without the two casts' passes
+    /// over memory (measured: results differ in ≈ 3·10⁻⁵ of the elements by one unit in the last place; 8× less CPU time).
     /// </summary>
     public static Tensor LayerNorm(Tensor x, Tensor? weight, Tensor? bias, double eps)
     {
         var ct = AtLeastFloat32(x.dtype);
         var w = weight is null ? null : weight.dtype == ct ? weight : weight.to(ct);
         var b = bias is null ? null : bias.dtype == ct ? bias : bias.to(ct);
-        if (x.dtype is ScalarType.BFloat16 or ScalarType.Float16)
+        if ((x.dtype is ScalarType.BFloat16 or ScalarType.Float16) && x.device_type == DeviceType.CPU)
             return nn.functional.layer_norm(x, new[] { x.shape[^1] }, w, b, eps);
         var xc = x.dtype == ct ? x : x.to(ct);
         var y = nn.functional.layer_norm(xc, new[] { x.shape[^1] }, w, b, eps);

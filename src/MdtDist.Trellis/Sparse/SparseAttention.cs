@@ -7,8 +7,9 @@ namespace MdtDist.Trellis.Sparse;
 
 /// <summary>
 /// How the rows of a sparse tensor are split into independent attention sequences (samples for full attention,
-/// windows for swin attention), packed into padded batches: sequences are grouped by length (power-of-two buckets),
-/// each group padded to its longest member and masked. Built once per coordinate set and partition.
+/// windows for swin attention), packed into padded batches: sequences are grouped by length (power-of-two buckets for
+/// full attention; equal lengths for swin windows, see <see cref="WindowLengthQuantum"/>), each group padded to its
+/// longest member and masked where needed. Built once per coordinate set and partition.
 /// </summary>
 internal sealed class AttentionPlan
 {

@@ -12,7 +12,7 @@ namespace MdtDist.Trellis.Tests.Sparse;
 
 /// <summary>
 /// The CPU paths of the decoders' swin trunk: packed-qkv windowed attention with windows grouped by length, the
-/// bfloat16 layer norm without a float32 round trip, and the row-chunked in-place MLP used without autograd.
+/// bfloat16 layer norm without a float32 round trip (CPU), and the row-chunked in-place MLP used without autograd.
 /// </summary>
 [Collection("SparseStatics")]
 public class SwinTrunkTests
