@@ -2,29 +2,19 @@ using BenchmarkDotNet.Running;
 
 // Benchmarks run in-process: BenchmarkDotNet's generated child project would not carry TorchSharp-cpu's native
 // runtime assets (nor the build step that makes libLibTorchSharp.so load on older distributions).
-if (args.Length > 0 && args[0] == "stage2-profile")
+// The profiles (piece-by-piece timings of full-size TRELLIS parts, docs/trellis-cpu*.md) are commands of their own.
+var profiles = new Dictionary<string, Action<string[]>>(StringComparer.Ordinal)
 {
-    MdtDist.Benchmarks.Stage2Profile.Run(args[1..]);
-    return;
-}
-if (args.Length > 0 && args[0] == "flow-block-profile")
+    ["stage2-profile"] = MdtDist.Benchmarks.Stage2Profile.Run,
+    ["flow-block-profile"] = MdtDist.Benchmarks.FlowBlockProfile.Run,
+    ["sdpa-variants"] = MdtDist.Benchmarks.SdpaVariants.Run,
+    ["flow-speed"] = MdtDist.Benchmarks.FlowSpeed.Run,
+    ["trunk-profile"] = MdtDist.Benchmarks.TrunkProfile.Run,
+    ["mesh-profile"] = MdtDist.Benchmarks.MeshDecoderProfile.Run,
+};
+if (args.Length > 0 && profiles.TryGetValue(args[0], out var profile))
 {
-    MdtDist.Benchmarks.FlowBlockProfile.Run(args[1..]);
-    return;
-}
-if (args.Length > 0 && args[0] == "sdpa-variants")
-{
-    MdtDist.Benchmarks.SdpaVariants.Run(args[1..]);
-    return;
-}
-if (args.Length > 0 && args[0] == "flow-speed")
-{
-    MdtDist.Benchmarks.FlowSpeed.Run(args[1..]);
-    return;
-}
-if (args.Length > 0 && args[0] == "mesh-profile")
-{
-    MdtDist.Benchmarks.MeshDecoderProfile.Run(args[1..]);
+    profile(args[1..]);
     return;
 }
 var arguments = args.Contains("--inProcess", StringComparer.OrdinalIgnoreCase) ? args : args.Append("--inProcess").ToArray();

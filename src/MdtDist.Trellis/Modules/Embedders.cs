@@ -116,5 +116,40 @@ internal sealed class FeedForwardNet : nn.Module<Tensor, Tensor>
 
     internal IEnumerable<Linear> Linears() => mlp.children().OfType<Linear>();
 
-    public override Tensor forward(Tensor x) => mlp.forward(x);
+    private (Linear Fc1, Linear Fc2) FirstAndLast()
+    {
+        var l = Linears().ToArray();
+        return (l[0], l[1]);
+    }
+
+    /// <summary>Hidden elements per row chunk of <see cref="AddForward"/> (≈ 2,700 rows at 3,072 hidden channels).</summary>
+    internal static long RowChunkElements = 1L << 23;
+
+    /// <summary>Without autograd the GELU runs in place on the first layer's output (one large buffer less).</summary>
+    public override Tensor forward(Tensor x)
+    {
+        if (torch.is_grad_enabled()) return mlp.forward(x);
+        using var scope = torch.NewDisposeScope();
+        var (fc1, fc2) = FirstAndLast();
+        var h = fc1.forward(x).gelu_(GELU.Approximate.tanh);
+        return fc2.forward(h).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// <c>x += forward(pre(x))</c> for row-wise <paramref name="pre"/>: without autograd, in place on <paramref name="x"/>
+    /// <c>[N, C]</c> and row chunk by row chunk, so that the hidden activations stay small (cache-sized, reused by the
+    /// allocator instead of fresh pages per call); with autograd, out of place. Returns the sum.
+    /// </summary>
+    internal Tensor AddForward(Tensor x, Func<Tensor, Tensor> pre)
+    {
+        if (torch.is_grad_enabled() || x.dim() != 2) return x + forward(pre(x));
+        long n = x.shape[0], rows = Math.Max(1, RowChunkElements / Math.Max(1, FirstAndLast().Fc1.weight.shape[0]));
+        for (long r = 0; r < n; r += rows)
+        {
+            using var scope = torch.NewDisposeScope();
+            var xr = x.narrow(0, r, Math.Min(rows, n - r));
+            xr.add_(forward(pre(xr)));
+        }
+        return x;
+    }
 }

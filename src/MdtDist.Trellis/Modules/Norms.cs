@@ -33,6 +33,8 @@ internal sealed class LayerNorm32 : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        if (x.shape[^1] != Channels)
+            throw new ArgumentException($"LayerNorm32 over {Channels} channels got input {Precision.Shape(x.shape)}.", nameof(x));
         using var scope = torch.NewDisposeScope();
         return Precision.LayerNorm(x, weight, bias, Eps).MoveToOuterDisposeScope();
     }

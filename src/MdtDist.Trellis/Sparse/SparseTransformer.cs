@@ -54,8 +54,9 @@ internal sealed class SparseTransformerBlock : nn.Module
     public SparseTensor Forward(SparseTensor x)
     {
         var f = x.Feats;
-        f = f + attn.Forward(x.ReplaceFeats(norm1.forward(f))).Feats;
-        f = f + mlp.forward(norm2.forward(f));
+        var a = attn.Forward(x.ReplaceFeats(norm1.forward(f))).Feats;
+        f = torch.is_grad_enabled() ? f + a : a.add_(f);   // without autograd into the projection's fresh output
+        f = mlp.AddForward(f, norm2.forward);              // f is this block's own tensor: updated in place without autograd
         return x.ReplaceFeats(f);
     }
 }
