@@ -122,13 +122,13 @@ internal static class MeshDecoderProfile
         Console.WriteLine($"  {what,-44} {s,7:F2} s wall {c,7:F2} s CPU   resident {before / 1e9:F2} → {Rss() / 1e9:F2} GB, peak {Peak() / 1e9:F2} GB");
     }
 
-    private static void ResetPeak()
-    {
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-    }
+    private static readonly MdtDist.Core.Training.ProcessPeakMemory PeakMeter = new();
+
+    private static void ResetPeak() => PeakMeter.ResetPeak();
 
     private static long Rss() => Status("VmRSS:");
-    private static long Peak() => Status("VmHWM:");
+
+    private static long Peak() => PeakMeter.PeakBytes;
 
     private static long Status(string key)
     {

@@ -29,10 +29,11 @@ public static class TrellisCpuApp
         var noMeshOpt = new Option<bool>("--no-mesh") { Description = "with --compare: leave out the mesh decoder (its 256³ stage needs the most memory)" };
         var rateOpt = new Option<bool>("--matmul-rate") { Description = "instead of the pipeline: the machine's GEMM rate (2048³ float32 and bfloat16 matmuls), the yardstick of the stage times" };
         var guidedOpt = new Option<bool>("--guided-step") { Description = "instead of the pipeline: one guided stage-1 step (width 512, 4 blocks, 16³ unless --blocks) two calls vs one batched call, K/V cache on vs off" };
+        var noTrimOpt = new Option<bool>("--no-heap-trim") { Description = "leave freed native memory with the allocator between stages (default: glibc's malloc_trim before each stage, so peaks count live memory)" };
         var seedOpt = new Option<long>("--seed") { Description = "seed of the random weights and noise", DefaultValueFactory = _ => 1 };
 
         var root = new RootCommand("TrellisCpu: the whole TRELLIS-image-large architecture on the CPU, timed stage by stage.");
-        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, compareOpt, noMeshOpt, rateOpt, guidedOpt, seedOpt }) root.Options.Add(o);
+        foreach (var o in new Option[] { dtypeOpt, threadsOpt, scheduleOpt, voxelsOpt, outOpt, blocksOpt, tinyOpt, decodeAllOpt, compareOpt, noMeshOpt, rateOpt, guidedOpt, noTrimOpt, seedOpt }) root.Options.Add(o);
 
         if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
         using var cts = new CancellationTokenSource();
@@ -73,6 +74,7 @@ public static class TrellisCpuApp
                     Schedules = pr.GetValue(scheduleOpt)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(BenchmarkSchedule.Parse).ToList(),
                     Voxels = pr.GetValue(voxelsOpt),
                     Blocks = pr.GetValue(blocksOpt),
+                    TrimHeapBetweenStages = !pr.GetValue(noTrimOpt),
                     Seed = pr.GetValue(seedOpt),
                     DecodeEverySchedule = pr.GetValue(decodeAllOpt),
                 };

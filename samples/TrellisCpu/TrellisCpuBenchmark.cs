@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using MdtDist.Core.Training;
 using MdtDist.Trellis.Conditioning;
 using MdtDist.Trellis.Pipeline;
 using MdtDist.Trellis.Representations;
@@ -61,6 +62,10 @@ public sealed record TrellisCpuSettings
     public long Seed { get; init; } = 1;
     /// <summary>Run the decoders after every measured schedule (false: after the first only; later rows reuse its times).</summary>
     public bool DecodeEverySchedule { get; init; }
+
+    /// <summary>Hand the freed native heap back to the kernel before each stage (<see cref="NativeHeap.Trim"/>), so that
+    /// each stage's peak and the run's peak count live memory rather than what the allocator kept from earlier stages.</summary>
+    public bool TrimHeapBetweenStages { get; init; } = true;
 }
 
 /// <summary>Time of one stage.</summary>
@@ -116,6 +121,9 @@ public sealed record TrellisCpuReport
     public required double BuildSeconds { get; init; }
     /// <summary>Rows.</summary>
     public required IReadOnlyList<ScheduleResult> Results { get; init; }
+    /// <summary>Whether the freed native heap was handed back to the kernel before each stage.</summary>
+    public bool HeapTrimmedBetweenStages { get; init; }
+
     /// <summary>Peak resident memory of the process (VmHWM), bytes.</summary>
     public required long PeakResidentBytes { get; init; }
     /// <summary>Resident memory after building the networks (VmRSS), bytes.</summary>
@@ -148,6 +156,7 @@ public static class TrellisCpuBenchmark
     {
         ArgumentNullException.ThrowIfNull(settings);
         if (settings.Schedules.Count == 0) throw new ArgumentException("at least one schedule is needed.", nameof(settings));
+        _trimHeap = settings.TrimHeapBetweenStages;
         double load0 = LoadAverage();
         using var noGrad = torch.no_grad();
         progress?.Report("building the networks");
@@ -273,7 +282,8 @@ public static class TrellisCpuBenchmark
             Networks = nets.Sizes().Select(s => new NetworkSize(s.Name, s.Parameters, s.Bytes)).ToList(),
             BuildSeconds = buildSeconds,
             Results = rows,
-            PeakResidentBytes = Math.Max(_peakSoFar, ProcStatus("VmHWM")),
+            PeakResidentBytes = Math.Max(_peakSoFar, PeakMeter.PeakBytes),
+            HeapTrimmedBetweenStages = settings.TrimHeapBetweenStages,
             ResidentAfterBuildBytes = rssAfterBuild,
             LoadAverage = new[] { load0, LoadAverage() },
             MeshSize = meshSize,
@@ -297,29 +307,27 @@ public static class TrellisCpuBenchmark
         return new ScheduleResult("teacher (extrapolated)", teacher.Description + $"; per-evaluation times of {basis.Schedule}", stages);
     }
 
+    private static readonly ProcessPeakMemory PeakMeter = new();
+
+    /// <summary><see cref="TrellisCpuSettings.TrimHeapBetweenStages"/> of the run in progress.</summary>
+    private static bool _trimHeap = true;
+
     /// <summary>The process's peak resident memory over the stages timed so far (the kernel's mark is reset per stage).</summary>
     private static long _peakSoFar;
 
     private static StageTime Timed(string stage, int evaluations, Action action)
     {
-        _peakSoFar = Math.Max(_peakSoFar, ProcStatus("VmHWM"));
-        ResetPeak();
+        _peakSoFar = Math.Max(_peakSoFar, PeakMeter.PeakBytes);
+        if (_trimHeap) NativeHeap.Trim();
+        PeakMeter.ResetPeak();
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         action();
         double wall = sw.Elapsed.TotalSeconds;
         double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
-        long peak = ProcStatus("VmHWM");
+        long peak = PeakMeter.PeakBytes;
         _peakSoFar = Math.Max(_peakSoFar, peak);
         return new StageTime(stage, wall, cpu, evaluations, true, peak);
-    }
-
-    /// <summary>Resets the kernel's peak-resident mark (VmHWM) of this process; ignored where not permitted.</summary>
-    private static void ResetPeak()
-    {
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
     }
 
     private static Image<Rgb24> SyntheticImage(long seed)
@@ -412,7 +420,7 @@ public static class TrellisCpuBenchmark
         if (teacher is not null)
             foreach (var row in r.Results.Where(x => x != teacher))
                 sb.AppendLine($"- {row.Schedule}: {F(teacher.TotalSeconds / row.TotalSeconds)}× faster than the teacher end to end.");
-        sb.AppendLine($"- Peak resident memory (VmHWM): {F(r.PeakResidentBytes / 1e9, "F2")} GB; after building the networks {F(r.ResidentAfterBuildBytes / 1e9, "F2")} GB; build + random init {F(r.BuildSeconds)} s (not in the totals).");
+        sb.AppendLine($"- Peak resident memory (VmHWM): {F(r.PeakResidentBytes / 1e9, "F2")} GB ({(r.HeapTrimmedBetweenStages ? "freed native heap handed back to the kernel before each stage" : "no heap trimming between stages")}); after building the networks {F(r.ResidentAfterBuildBytes / 1e9, "F2")} GB; build + random init {F(r.BuildSeconds)} s (not in the totals).");
         sb.AppendLine($"- Weights: {string.Join("; ", r.Networks.Select(n => $"{n.Name} {F(n.Parameters / 1e6)} M params, {F(n.Bytes / 1e6, "F0")} MB"))}; in all {F(r.Networks.Sum(n => n.Bytes) / 1e9, "F2")} GB.");
         sb.AppendLine($"- Outputs of the first row: {r.GaussianCount} Gaussians; mesh {(r.MeshSize.Length == 2 ? $"{r.MeshSize[0]} vertices, {r.MeshSize[1]} faces" : "not extracted")}; the random structure decoder marked {r.RandomStructureVoxels} voxels (unused).");
         if (r.Environment.Count > 0) sb.AppendLine($"- Environment: {string.Join(", ", r.Environment.Select(kv => $"{kv.Key}={kv.Value}"))}.");
