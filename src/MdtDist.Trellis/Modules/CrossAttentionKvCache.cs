@@ -10,10 +10,14 @@ namespace MdtDist.Trellis.Modules;
 /// while the same condition comes back (every step of a sampler run). Identity of the condition: the same storage
 /// (data pointer and offset, kept alive by an alias the cache holds, so the address cannot be reused by another
 /// tensor), shape, strides, dtype and device, and the same <c>to_kv</c> weight storage and dtype; a different one replaces the entry (the old tensors are disposed).
-/// Only in eval mode (<c>model.eval()</c>) under <c>torch.no_grad()</c>: in training mode (where an optimizer or a
-/// finite-difference check changes weights in place, and gradient checkpointing runs no_grad forwards) or with autograd
-/// on, the projection is always recomputed and the cache is left alone. Not detected: a condition modified in place, or <c>to_kv</c>'s weights changed in place,
-/// while the same condition is reused (call <see cref="Clear"/> then). Thread-safe.
+/// Only under <c>torch.no_grad()</c>, and either inside a <see cref="KvCacheSession"/> (a sampler run, during which no
+/// weight changes: the pipeline opens one per stage, so it acts in training mode too, e.g. the distillation snapshots)
+/// or in eval mode (<c>model.eval()</c>). Outside a session in training mode (where an optimizer or a finite-difference
+/// check changes weights in place, and gradient checkpointing runs no_grad forwards) or with autograd on, the projection
+/// is always recomputed and the cache is left alone. The session is part of the key, so an entry never outlives its
+/// session's guarantee, and the session's end frees the entries it made. Not detected in eval mode outside a session: a
+/// condition modified in place, or <c>to_kv</c>'s weights changed in place, while the same condition is reused (call
+/// <see cref="Clear"/> then). Thread-safe.
 /// </summary>
 internal sealed class CrossAttentionKvCache : IDisposable
 {
@@ -36,8 +40,9 @@ internal sealed class CrossAttentionKvCache : IDisposable
     /// The returned tensor belongs to the cache when cached: the caller must not dispose or modify it.</summary>
     public Tensor Project(Linear toKv, Tensor context, bool training)
     {
-        if (training || torch.is_grad_enabled()) return toKv.forward(context);
-        var key = Key.Of(context, toKv.weight!);
+        var session = KvCacheSession.Current;
+        if ((training && session is null) || torch.is_grad_enabled()) return toKv.forward(context);
+        var key = Key.Of(context, toKv.weight!, session?.Id ?? 0);
         lock (_lock)
         {
             if (_kv is not null && _key.Equals(key))
@@ -54,6 +59,7 @@ internal sealed class CrossAttentionKvCache : IDisposable
             ClearLocked();
             (_kv, _context, _key) = (kv, alias, key);
             Misses++;
+            session?.Register(this);
             return kv;
         }
     }
@@ -62,6 +68,12 @@ internal sealed class CrossAttentionKvCache : IDisposable
     public void Clear()
     {
         lock (_lock) ClearLocked();
+    }
+
+    /// <summary>Drops the entry when it was made in session <paramref name="session"/> (that session has ended).</summary>
+    internal void ClearIf(long session)
+    {
+        lock (_lock) if (_kv is not null && _key.Session == session) ClearLocked();
     }
 
     /// <inheritdoc />
@@ -77,15 +89,71 @@ internal sealed class CrossAttentionKvCache : IDisposable
     }
 
     // The weight's storage and dtype are part of the key, so a precision change or a replaced parameter misses.
-    private readonly record struct Key(IntPtr Data, long Offset, string Shape, ScalarType DType, DeviceType DeviceType, int DeviceIndex, IntPtr Weight, ScalarType WeightDType)
+    private readonly record struct Key(IntPtr Data, long Offset, string Shape, ScalarType DType, DeviceType DeviceType, int DeviceIndex, IntPtr Weight, ScalarType WeightDType, long Session)
     {
-        public static Key Of(Tensor t, Tensor weight) => new(
+        public static Key Of(Tensor t, Tensor weight, long session) => new(
             THSStorage_data_ptr(t.Handle), t.storage_offset(),
             string.Join(",", t.shape) + "/" + string.Join(",", t.stride()),
-            t.dtype, t.device_type, t.device_index, THSStorage_data_ptr(weight.Handle), weight.dtype);
+            t.dtype, t.device_type, t.device_index, THSStorage_data_ptr(weight.Handle), weight.dtype, session);
     }
 
     // TorchSharp's own native library (already loaded by TorchSharp); TorchSharp keeps this entry point protected.
     [DllImport("LibTorchSharp")]
     private static extern IntPtr THSStorage_data_ptr(IntPtr tensor);
+}
+
+/// <summary>
+/// A stretch of work during which no network weight changes (one sampler run): inside it the cross-attention layers
+/// project a condition's keys and values once and reuse them on every later call with the same condition, in training
+/// mode too (<see cref="CrossAttentionKvCache"/>). Ends (and frees the projections it cached) on <see cref="Dispose"/>.
+/// Flows with the async context (<see cref="AsyncLocal{T}"/>); sessions nest, the inner one applying until it ends.
+/// </summary>
+internal sealed class KvCacheSession : IDisposable
+{
+    private static readonly AsyncLocal<KvCacheSession?> Active = new();
+    private static long _lastId;
+    private readonly KvCacheSession? _outer;
+    private readonly HashSet<CrossAttentionKvCache> _caches = new(ReferenceEqualityComparer.Instance);
+    private bool _ended;
+
+    private KvCacheSession(KvCacheSession? outer)
+    {
+        _outer = outer;
+        Id = Interlocked.Increment(ref _lastId);
+    }
+
+    /// <summary>The session of the current async context, or null.</summary>
+    public static KvCacheSession? Current => Active.Value;
+
+    /// <summary>Unique, > 0 (0 in a cache key means no session).</summary>
+    public long Id { get; }
+
+    /// <summary>Starts a session in the current async context.</summary>
+    public static KvCacheSession Begin()
+    {
+        var session = new KvCacheSession(Active.Value);
+        Active.Value = session;
+        return session;
+    }
+
+    /// <summary>A cache that stored an entry keyed on this session (cleared when the session ends).</summary>
+    internal void Register(CrossAttentionKvCache cache)
+    {
+        lock (_caches) if (!_ended) _caches.Add(cache);
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        CrossAttentionKvCache[] caches;
+        lock (_caches)
+        {
+            if (_ended) return;
+            _ended = true;
+            caches = _caches.ToArray();
+            _caches.Clear();
+        }
+        if (ReferenceEquals(Active.Value, this)) Active.Value = _outer;
+        foreach (var c in caches) c.ClearIf(Id);
+    }
 }

@@ -7,6 +7,7 @@ using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Conditioning;
 using MdtDist.Trellis.Flow;
 using MdtDist.Trellis.Models;
+using MdtDist.Trellis.Modules;
 using MdtDist.Trellis.Representations;
 using MdtDist.Trellis.Sparse;
 using Microsoft.Extensions.Logging;
@@ -290,6 +291,7 @@ public sealed class TrellisPipeline
         using var scope = torch.NewDisposeScope();
         var model = new SparseStructureFlowAdapter(StructureFlow);
         var noise = StageNoise(options, model.LatentShape(numSamples), StructureFlow.DType, StructureFlow.Device, "stage-1");
+        using var kv = KvCacheSession.Begin();   // no weight changes during the run: each layer projects the condition once
         using var result = sampler.CreateSolver().Sample(Guided(sampler, model, condition, options.MultiImage), Latent.Dense(noise), condition.Cond, sampler.Grid(),
             new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.SparseStructure), CancellationToken = options.CancellationToken });
         return new TrellisStageResult<Tensor>(result.Samples, result.Evaluations, sw.Elapsed);
@@ -335,6 +337,7 @@ public sealed class TrellisPipeline
         CheckCondition(condition, sites.BatchSize, nameof(condition), options.MultiImage);
         var noise = StageNoise(options, new[] { sites.Count, (long)LatentFlow.Config.InChannels }, ModuleInfo.DTypeOf(LatentFlow), device, "stage-2");
         var x = new SparseTensor(noise, sites);
+        using var kv = KvCacheSession.Begin();   // no weight changes during the run: each layer projects the condition once
         using var result = sampler.CreateSolver().Sample(Guided(sampler, new SLatFlowAdapter(LatentFlow), condition, options.MultiImage), x.ToLatent(), condition.Cond, sampler.Grid(),
             new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.StructuredLatent), CancellationToken = options.CancellationToken });
         using var normalized = result.Samples;

@@ -5,6 +5,7 @@ using MdtDist.Trellis.Modules;
 using MdtDist.Trellis.Pipeline;
 using MdtDist.Trellis.Sparse;
 using MdtDist.Trellis.Tests.Models;
+using MdtDist.Trellis.Tests.Pipeline;
 using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
@@ -109,5 +110,52 @@ public class CrossAttentionKvCacheTests
         }
         // the paired [cond; zeros] condition is built once, so each layer projects once and hits on the next 2 steps
         Assert.All(caches, c => Assert.Equal((1L, 2L), (c.Misses, c.Hits)));
+    }
+
+    [Fact]
+    public void ASessionCachesInTrainingModeAndFreesItsEntriesWhenItEnds()
+    {
+        using var net = TinyModels.VelocityFlow(seed: 81);   // training mode (a student being distilled)
+        var caches = Caches(net);
+        var guided = new ClassifierFreeGuidance(new SparseStructureFlowAdapter(net), 3.0) { BatchedPasses = true };
+        using var cond = torch.randn(new long[] { 1, 5, 10 }, dtype: ScalarType.Float64, generator: new Generator(82));
+        using var x = torch.randn(new long[] { 1, 3, 4, 4, 4 }, dtype: ScalarType.Float64, generator: new Generator(83));
+        var steps = new[] { 0.9, 0.7, 0.5 };
+        using var noGrad = torch.no_grad();
+        var outside = steps.Select(tv => guided.Velocity(Latent.Dense(x), torch.tensor(new[] { tv }, dtype: ScalarType.Float64), cond)).ToList();
+        Assert.All(caches, c => Assert.Equal((0L, 0L), (c.Misses, c.Hits)));   // training mode without a session: never cached
+        List<Tensor> inside;
+        using (KvCacheSession.Begin())
+        {
+            inside = steps.Select(tv => guided.Velocity(Latent.Dense(x), torch.tensor(new[] { tv }, dtype: ScalarType.Float64), cond)).ToList();
+            Assert.All(caches, c => Assert.Equal((1L, 2L), (c.Misses, c.Hits)));
+            Assert.All(caches, c => Assert.NotNull(c.Cached));
+        }
+        Assert.All(caches, c => Assert.Null(c.Cached));   // the session's end freed its projections
+        for (int i = 0; i < steps.Length; i++) Assert.True(BitIdentical(outside[i], inside[i]));
+
+        // a later session (weights may have changed in between: an optimizer step) never serves the earlier entries
+        using (KvCacheSession.Begin())
+        {
+            using var again = guided.Velocity(Latent.Dense(x), torch.tensor(new[] { 0.9 }, dtype: ScalarType.Float64), cond);
+            Assert.All(caches, c => Assert.Equal((2L, 2L), (c.Misses, c.Hits)));
+        }
+        foreach (var v in outside.Concat(inside)) v.Dispose();
+    }
+
+    [Fact]
+    public void ThePipelineProjectsTheConditionOncePerStageRunAndKeepsNothingAfterwards()
+    {
+        // TRELLIS-image-large's samplers (25 guided steps per stage), networks in training mode
+        var pipeline = TinyPipeline.Create(ScalarType.Float32, seed: 91);
+        var caches = Caches(pipeline.StructureFlow).Concat(Caches(pipeline.LatentFlow)).ToList();
+        Assert.NotEmpty(caches);
+        using var cond = TinyPipeline.Condition(seed: 92);
+        using var output = pipeline.Run(cond, new TrellisRunOptions { Seed = 3 });
+        // inside the CFG interval every step reuses the [cond; neg] projection, outside it the plain condition's: at most
+        // 2 projections per layer and stage run instead of one per step
+        Assert.All(caches, c => Assert.InRange(c.Misses, 1, 2));
+        Assert.All(caches, c => Assert.True(c.Hits >= 20, $"{c.Hits} hits"));
+        Assert.All(caches, c => Assert.Null(c.Cached));
     }
 }
