@@ -65,6 +65,14 @@ public sealed record TrellisCondition
         return new TrellisCondition(cond, torch.zeros(new[] { 1L, cond.shape[1], cond.shape[2] }, dtype: cond.dtype, device: cond.device));
     }
 
+    /// <summary>
+    /// Both token tensors in <paramref name="dtype"/> (this condition when they already are): a flow casts its condition
+    /// to its torso dtype on every call, so a sampler run casts once up front and every step then passes the same tensors
+    /// (the cross-attention K/V cache recognises a condition by its storage).
+    /// </summary>
+    internal TrellisCondition As(ScalarType dtype) =>
+        Cond.dtype == dtype && NegCond.dtype == dtype ? this : new TrellisCondition(Cond.to(dtype), NegCond.to(dtype));
+
     /// <summary>The condition of samples <paramref name="indices"/> (this one when <see cref="Cond"/> has batch 1).</summary>
     internal TrellisCondition Select(IReadOnlyList<long> indices)
     {

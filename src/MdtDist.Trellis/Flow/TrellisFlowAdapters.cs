@@ -16,7 +16,8 @@ namespace MdtDist.Trellis.Flow;
 /// TRELLIS's samplers and trainers do (<c>fl32(1000·t)</c>, not <c>1000·fl32(t)</c>).</item>
 /// <item>The condition is <c>[B or 1, L, cond_channels]</c>; a batch-1 condition is shared by every sample (TRELLIS
 /// repeats it); null is rejected (the networks are conditional).</item>
-/// <item>The latent and the condition are cast to the network's <see cref="ITrellisModel.DType"/>; the velocity comes back in
+/// <item>The latent and the condition are cast to the network's <see cref="ITrellisModel.DType"/> (a condition already in
+/// the network's 16-bit torso dtype is passed as it is); the velocity comes back in
 /// the latent's dtype and device.</item>
 /// </list>
 /// </summary>
@@ -60,8 +61,21 @@ public abstract class TrellisFlowAdapter<TNetwork> : IFlowNetwork where TNetwork
         var dtype = Network.DType;
         var device = x.Data.device;
         var timesteps = t.to(ScalarType.Float64, device) * TrellisInfo.TimeScale;
-        var v = Evaluate(x.With(x.Data.to(dtype)), timesteps, cond.to(dtype, device));
+        var v = Evaluate(x.With(x.Data.to(dtype)), timesteps, cond.to(ConditionDType(cond.dtype), device));
         return v.to(x.Data.dtype, x.Data.device).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The network's <see cref="ITrellisModel.DType"/>, except for a condition already in a 16-bit torso dtype narrower than
+    /// it: that one is passed as it is (casting it up and letting the network cast it back down gives the same values), so
+    /// that the network's own cast to the torso is a no-op and the very same condition tensor reaches the cross-attention
+    /// layers on every step of a run, which their K/V cache recognises (the pipeline casts the condition once per run).
+    /// </summary>
+    private ScalarType ConditionDType(ScalarType given)
+    {
+        var torso = Network.TorsoDType;
+        bool narrowerTorso = torso is ScalarType.BFloat16 or ScalarType.Float16 && Network.DType is ScalarType.Float32 or ScalarType.Float64;
+        return given == torso && narrowerTorso ? torso : Network.DType;
     }
 }
 
