@@ -79,6 +79,13 @@ public class FusedSdpaTests
         var viaViews = F.scaled_dot_product_attention(parts[0], parts[1], parts[2], mask);
         var got = DenseAttention.FusedSdpa(parts[0], parts[1], parts[2], mask);
         Assert.Equal(dtype, got.dtype);
-        Assert.True((got == viaViews).all().item<bool>(), $"{dtype}: max diff {(got - viaViews).abs().max().to(ScalarType.Float64).item<double>()}");
+        // The same values in another memory layout: the kernel accumulates in float32 and rounds each output once. A kernel
+        // that blocks differently for another stride may change the float32 sums by a few ulps, which moves an output's
+        // rounding by at most one unit of the 16-bit format (≤ 2^-7·|y| for bfloat16, 2^-10·|y| for float16); outputs near 0
+        // (a weighted mean of v with cancelling terms) get that unit at the scale of the largest |v| times 2^-10.
+        var diff = (got.to(ScalarType.Float64) - viaViews.to(ScalarType.Float64)).abs();
+        double ulp = dtype == ScalarType.BFloat16 ? Math.Pow(2, -7) : Math.Pow(2, -10);
+        var bound = viaViews.to(ScalarType.Float64).abs() * ulp + ulp * Math.Pow(2, -10) * qkv.abs().max().to(ScalarType.Float64).item<double>();
+        Assert.True((diff <= bound).all().item<bool>(), $"{dtype}: max diff {diff.max().item<double>()}");
     }
 }
