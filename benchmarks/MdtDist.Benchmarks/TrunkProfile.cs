@@ -221,19 +221,11 @@ internal static class TrunkProfile
 
     private static double Cpu() => Process.GetCurrentProcess().TotalProcessorTime.TotalSeconds;
 
-    private static void ResetPeak()
-    {
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-    }
+    private static readonly MdtDist.Core.Training.ProcessPeakMemory PeakMeter = new();
 
-    private static long Rss() => Status("VmRSS:");
-    private static long Peak() => Status("VmHWM:");
+    private static void ResetPeak() => PeakMeter.ResetPeak();
 
-    private static long Status(string key)
-    {
-        foreach (var line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith(key, StringComparison.Ordinal))
-                return long.Parse(line[key.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
-        return 0;
-    }
+    private static long Rss() => MdtDist.Core.Training.ProcessPeakMemory.ResidentBytes;
+
+    private static long Peak() => PeakMeter.PeakBytes;
 }

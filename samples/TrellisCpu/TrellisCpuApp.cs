@@ -177,7 +177,7 @@ public static class TrellisCpuApp
         var results = PrecisionComparison.Run(scale, reduced, blocks, voxels, seed,
             new SyncProgress(line => AnsiConsole.MarkupLine($"[grey]{(DateTime.UtcNow - start).TotalSeconds,7:F1} s[/] {Markup.Escape(line)}")), includeMesh);
         double load1 = File.Exists("/proc/loadavg") ? double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) : double.NaN;
-        var context = $"{scale}{(blocks is { } b ? $", {b} blocks" : "")}, {torch.get_num_threads()} threads, native bf16: {CpuFeatures.HasNativeBFloat16}, load average {load0:F2} → {load1:F2}, peak memory {TrellisCpuBenchmark.ProcStatus("VmHWM") / 1e9:F2} GB";
+        var context = $"{scale}{(blocks is { } b ? $", {b} blocks" : "")}, {torch.get_num_threads()} threads, native bf16: {CpuFeatures.HasNativeBFloat16}, load average {load0:F2} → {load1:F2}, peak memory {new MdtDist.Core.Training.ProcessPeakMemory().PeakBytes / 1e9:F2} GB";
         var md = PrecisionComparison.ToMarkdown(results, reduced, context);
         Directory.CreateDirectory(outDir);
         TrellisCpuBenchmark.WriteAtomically(Path.Combine(outDir, "precision.md"), md);

@@ -156,14 +156,14 @@ public static class TrellisCpuBenchmark
     {
         ArgumentNullException.ThrowIfNull(settings);
         if (settings.Schedules.Count == 0) throw new ArgumentException("at least one schedule is needed.", nameof(settings));
-        _trimHeap = settings.TrimHeapBetweenStages;
+        var clock = new StageClock(settings.TrimHeapBetweenStages);
         double load0 = LoadAverage();
         using var noGrad = torch.no_grad();
         progress?.Report("building the networks");
         var build = Stopwatch.StartNew();
         using var nets = TrellisCpuNetworks.Build(settings.Scale, settings.DType, settings.Blocks, settings.Seed);
         double buildSeconds = build.Elapsed.TotalSeconds;
-        long rssAfterBuild = ProcStatus("VmRSS");
+        long rssAfterBuild = ProcessPeakMemory.ResidentBytes;
         ct.ThrowIfCancellationRequested();
 
         var (coords, radius) = StructureShapes.Shell(settings.Voxels);
@@ -175,7 +175,7 @@ public static class TrellisCpuBenchmark
         using var image = SyntheticImage(settings.Seed);
         using var encoder = new ImageConditionEncoder(nets.ImageEncoder, ownsModel: false);
         Tensor tokens = null!;
-        var dinoTime = Timed("image encoder (DINOv2)", 0, () => tokens = encoder.EncodePreprocessed(new[] { image }));
+        var dinoTime = clock.Timed("image encoder (DINOv2)", 0, () => tokens = encoder.EncodePreprocessed(new[] { image }));
         using var _tokens = tokens;
         var condition = TrellisCondition.FromImageFeatures(tokens);
         using var _neg = condition.NegCond;
@@ -192,7 +192,7 @@ public static class TrellisCpuBenchmark
             progress?.Report($"{schedule.Name}: stage-1 flow ({schedule.Stage1.Evaluations()} evaluations)");
             Tensor z = null!;
             int evals1 = 0;
-            stages.Add(Timed("stage-1 flow", schedule.Stage1.Evaluations(), () =>
+            stages.Add(clock.Timed("stage-1 flow", schedule.Stage1.Evaluations(), () =>
             {
                 var r = pipeline.SampleSparseStructure(condition, 1, opts1);
                 z = r.Result;
@@ -201,14 +201,14 @@ public static class TrellisCpuBenchmark
             using var _z = z;
             progress?.Report($"{schedule.Name}: structure decoder");
             Tensor occupied = null!;
-            stages.Add(Timed("structure decoder", 0, () => occupied = pipeline.DecodeOccupancy(z)));
+            stages.Add(clock.Timed("structure decoder", 0, () => occupied = pipeline.DecodeOccupancy(z)));
             randomVoxels = occupied.shape[0];
             occupied.Dispose();
 
             progress?.Report($"{schedule.Name}: stage-2 flow ({schedule.Stage2.Evaluations()} evaluations, {coords.shape[0]} voxels)");
             SparseTensor slat = null!;
             var opts2 = new TrellisStageOptions { Sampler = schedule.Stage2, Seed = settings.Seed + 1, CancellationToken = ct };
-            stages.Add(Timed("stage-2 flow", schedule.Stage2.Evaluations(), () => slat = pipeline.SampleStructuredLatent(condition, coords, opts2).Result));
+            stages.Add(clock.Timed("stage-2 flow", schedule.Stage2.Evaluations(), () => slat = pipeline.SampleStructuredLatent(condition, coords, opts2).Result));
             try
             {
                 if (decoderTimes is null || settings.DecodeEverySchedule)
@@ -216,13 +216,13 @@ public static class TrellisCpuBenchmark
                     var dec = new List<StageTime>();
                     progress?.Report($"{schedule.Name}: Gaussian decoder");
                     IReadOnlyList<Gaussians> gs = null!;
-                    dec.Add(Timed("Gaussian decoder", 0, () => gs = pipeline.DecodeGaussians(slat)));
+                    dec.Add(clock.Timed("Gaussian decoder", 0, () => gs = pipeline.DecodeGaussians(slat)));
                     gaussianCount = gs.Sum(g => g.Xyz.shape[0]);
                     foreach (var g in gs) g.Dispose();
 
                     progress?.Report($"{schedule.Name}: mesh decoder");
                     IReadOnlyList<FlexiCubesInputs> inputs = null!;
-                    dec.Add(Timed("mesh decoder", 0, () =>
+                    dec.Add(clock.Timed("mesh decoder", 0, () =>
                     {
                         using var scope = torch.NewDisposeScope();
                         inputs = pipeline.MeshDecoder!.forward(slat);
@@ -230,7 +230,7 @@ public static class TrellisCpuBenchmark
                     progress?.Report($"{schedule.Name}: FlexiCubes mesh extraction");
                     try
                     {
-                        dec.Add(Timed("mesh extraction (FlexiCubes)", 0, () =>
+                        dec.Add(clock.Timed("mesh extraction (FlexiCubes)", 0, () =>
                         {
                             foreach (var input in inputs)
                             {
@@ -282,7 +282,7 @@ public static class TrellisCpuBenchmark
             Networks = nets.Sizes().Select(s => new NetworkSize(s.Name, s.Parameters, s.Bytes)).ToList(),
             BuildSeconds = buildSeconds,
             Results = rows,
-            PeakResidentBytes = Math.Max(_peakSoFar, PeakMeter.PeakBytes),
+            PeakResidentBytes = clock.PeakBytes,
             HeapTrimmedBetweenStages = settings.TrimHeapBetweenStages,
             ResidentAfterBuildBytes = rssAfterBuild,
             LoadAverage = new[] { load0, LoadAverage() },
@@ -307,27 +307,32 @@ public static class TrellisCpuBenchmark
         return new ScheduleResult("teacher (extrapolated)", teacher.Description + $"; per-evaluation times of {basis.Schedule}", stages);
     }
 
-    private static readonly ProcessPeakMemory PeakMeter = new();
-
-    /// <summary><see cref="TrellisCpuSettings.TrimHeapBetweenStages"/> of the run in progress.</summary>
-    private static bool _trimHeap = true;
-
-    /// <summary>The process's peak resident memory over the stages timed so far (the kernel's mark is reset per stage).</summary>
-    private static long _peakSoFar;
-
-    private static StageTime Timed(string stage, int evaluations, Action action)
+    /// <summary>
+    /// Times the stages of one run: wall and CPU seconds, and the peak resident memory of each (the kernel's mark reset at
+    /// the stage's start, after handing freed heap back when <paramref name="trimHeap"/>); <see cref="PeakBytes"/> is the
+    /// run's peak, the build included.
+    /// </summary>
+    private sealed class StageClock(bool trimHeap)
     {
-        _peakSoFar = Math.Max(_peakSoFar, PeakMeter.PeakBytes);
-        if (_trimHeap) NativeHeap.Trim();
-        PeakMeter.ResetPeak();
-        var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
-        var sw = Stopwatch.StartNew();
-        action();
-        double wall = sw.Elapsed.TotalSeconds;
-        double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
-        long peak = PeakMeter.PeakBytes;
-        _peakSoFar = Math.Max(_peakSoFar, peak);
-        return new StageTime(stage, wall, cpu, evaluations, true, peak);
+        private readonly ProcessPeakMemory _meter = new();
+        private long _peak;
+
+        public long PeakBytes => Math.Max(_peak, _meter.PeakBytes);
+
+        public StageTime Timed(string stage, int evaluations, Action action)
+        {
+            _peak = PeakBytes;
+            if (trimHeap) NativeHeap.Trim();
+            _meter.ResetPeak();
+            var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+            var sw = Stopwatch.StartNew();
+            action();
+            double wall = sw.Elapsed.TotalSeconds;
+            double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+            long peak = _meter.PeakBytes;
+            _peak = Math.Max(_peak, peak);
+            return new StageTime(stage, wall, cpu, evaluations, true, peak);
+        }
     }
 
     private static Image<Rgb24> SyntheticImage(long seed)
@@ -346,19 +351,6 @@ public static class TrellisCpuBenchmark
         return img;
     }
 
-    /// <summary>A field of /proc/self/status in bytes (0 where there is no such file).</summary>
-    public static long ProcStatus(string key)
-    {
-        const string path = "/proc/self/status";
-        if (!File.Exists(path)) return 0;
-        foreach (var line in File.ReadLines(path))
-        {
-            if (!line.StartsWith(key + ":", StringComparison.Ordinal)) continue;
-            var parts = line[(key.Length + 1)..].Split(new[] { ' ', '\t' }, StringSplitOptions.RemoveEmptyEntries);
-            return long.Parse(parts[0], CultureInfo.InvariantCulture) * 1024;
-        }
-        return 0;
-    }
 
     private static double LoadAverage()
     {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using MdtDist.Core.Training;
 using TorchSharp;
 
 namespace MdtDist.Fuzz;
@@ -20,6 +21,9 @@ public static class InputRunner
         return (int)(h ^ (h >> 32)) & int.MaxValue;
     }
 
+    /// <summary>The process's resident-set peak, reset before each input.</summary>
+    private static readonly ProcessPeakMemory PeakMeter = new();
+
     /// <summary>Runs the reader on <paramref name="c"/> in folder <paramref name="folder"/> and classifies the result.</summary>
     /// <param name="boundBytes">The allocation bound: peak resident memory above the level before the input, and managed allocations.</param>
     public static InputResult RunOne(FuzzTarget target, FuzzCase c, int index, string folder, long boundBytes)
@@ -27,8 +31,8 @@ public static class InputRunner
         if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
         c.WriteTo(folder);
         var mutations = string.Join("; ", c.Mutations);
-        Memory.ResetPeak();
-        long rssBefore = Memory.ResidentBytes();
+        PeakMeter.ResetPeak();
+        long rssBefore = ProcessPeakMemory.ResidentBytes;
         long gcBefore = GC.GetTotalAllocatedBytes(precise: false);
         var sw = Stopwatch.StartNew();
         Exception? error = null;
@@ -42,9 +46,9 @@ public static class InputRunner
             error = e;
         }
         sw.Stop();
-        long peak = Memory.PeakResidentBytes();
+        long peak = PeakMeter.PeakBytes;
         long managed = GC.GetTotalAllocatedBytes(precise: false) - gcBefore;
-        double peakMb = peak < 0 ? -1 : Math.Max(0, peak - rssBefore) / (1024.0 * 1024.0);
+        double peakMb = Math.Max(0, peak - rssBefore) / (1024.0 * 1024.0);
         try { Directory.Delete(folder, recursive: true); } catch (IOException) { }
         double ms = sw.Elapsed.TotalMilliseconds;
 
@@ -101,31 +105,5 @@ public static class InputRunner
         if (st is null) return "?";
         var line = st.Split('\n').Select(l => l.Trim()).FirstOrDefault(l => l.Contains("MdtDist", StringComparison.Ordinal)) ?? st.Split('\n')[0].Trim();
         return line.Length > 200 ? line[..200] : line;
-    }
-}
-
-/// <summary>Resident-memory probes from /proc (Linux); -1 elsewhere.</summary>
-internal static class Memory
-{
-    /// <summary>Resets the peak resident set size (VmHWM) of this process.</summary>
-    public static void ResetPeak()
-    {
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
-    }
-
-    public static long ResidentBytes() => Status("VmRSS:");
-
-    public static long PeakResidentBytes() => Status("VmHWM:");
-
-    private static long Status(string key)
-    {
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/self/status"))
-                if (line.StartsWith(key, StringComparison.Ordinal))
-                    return long.Parse(line[key.Length..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) * 1024;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException) { }
-        return -1;
     }
 }

@@ -48,17 +48,25 @@ public sealed class ProcessPeakMemory : IPeakMemoryMeter
     }
 
     /// <inheritdoc />
-    public long PeakBytes
+    public long PeakBytes => Status("VmHWM:") ?? CurrentProcess(p => p.PeakWorkingSet64);
+
+    /// <summary>The process's resident set now: <c>VmRSS</c> on Linux, <see cref="System.Diagnostics.Process.WorkingSet64"/> elsewhere.</summary>
+    public static long ResidentBytes => Status("VmRSS:") ?? CurrentProcess(p => p.WorkingSet64);
+
+    private static long CurrentProcess(Func<System.Diagnostics.Process, long> read)
     {
-        get
-        {
-            if (OperatingSystem.IsLinux())
-                foreach (var line in File.ReadLines("/proc/self/status"))
-                    if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                        return long.Parse(line[6..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
-            using var p = System.Diagnostics.Process.GetCurrentProcess();
-            return p.PeakWorkingSet64;
-        }
+        using var p = System.Diagnostics.Process.GetCurrentProcess();
+        return read(p);
+    }
+
+    /// <summary>A size line of <c>/proc/self/status</c> in bytes; null off Linux or when the line is missing.</summary>
+    private static long? Status(string key)
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith(key, StringComparison.Ordinal))
+                return long.Parse(line[key.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
+        return null;
     }
 
     /// <inheritdoc />

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Runtime.InteropServices;
 using MdtDist.Core.Training;
 using Xunit;
@@ -12,14 +11,6 @@ public sealed class NativeHeapCollection;
 [Collection(nameof(NativeHeapTests))]
 public class NativeHeapTests
 {
-    private static long ResidentBytes()
-    {
-        foreach (var line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
-                return long.Parse(line[6..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
-        throw new InvalidOperationException("no VmRSS in /proc/self/status");
-    }
-
     [Fact]
     public void TrimHandsFreedHeapPagesBackToTheKernel()
     {
@@ -43,9 +34,9 @@ public class NativeHeapTests
         try
         {
             foreach (var b in blocks) Marshal.FreeHGlobal(b);
-            long before = ResidentBytes();
+            long before = ProcessPeakMemory.ResidentBytes;
             Assert.True(NativeHeap.Trim());
-            long after = ResidentBytes();
+            long after = ProcessPeakMemory.ResidentBytes;
             // 256 MiB were freed; require a quarter of it back: the runtime's own allocations may take freed chunks between
             // the frees and the trim (in a full test run 132 MB came back, alone 250 MB); without the trim nothing does
             Assert.True(before - after >= 64L << 20, $"resident {before / 1e6:F0} MB before the trim, {after / 1e6:F0} MB after");
