@@ -14,7 +14,8 @@ namespace MdtDist.Benchmarks;
 /// <c>slat_dec_mesh_swin8_B_64l8m256c_fp16</c> (768 → 192 at 128³, 192 → 96 at 256³), its output layer and the FlexiCubes
 /// inputs, on a sphere shell of the 64³ grid, piece by piece: wall and CPU seconds and the peak resident memory of each piece
 /// (the kernel's high-water mark is reset before each through <c>/proc/self/clear_refs</c>). Run:
-/// <c>dotnet run -c Release --project benchmarks/MdtDist.Benchmarks -- mesh-profile [float32|bfloat16] [radius] [threads]</c>.
+/// <c>dotnet run -c Release --project benchmarks/MdtDist.Benchmarks -- mesh-profile [float32|bfloat16] [radius] [threads]
+/// [--pieces: only block 1 piece by piece] [--full [--1block]: the whole released decoder forward instead]</c>.
 /// </summary>
 internal static class MeshDecoderProfile
 {
@@ -81,24 +82,6 @@ internal static class MeshDecoderProfile
         var pa = nn.functional.silu(gn1.Forward(h0).Feats);
         var gg = torch.randn(new[] { fineSites.Count, co }, generator: g).to(dtype);
         var parentRow = torch.arange(fineSites.Count, dtype: ScalarType.Int64).div(8, RoundingMode.floor);
-        if (args.Contains("--gn"))
-        {
-            var gw = torch.ones(co); var gb = torch.zeros(co);
-            for (int rep = 0; rep < 2; rep++)
-            {
-                T("ours: GN2 + SiLU", () => gn2.ForwardSiLU(new SparseTensor(gg, fineSites), dtype).Dispose());
-                T("native group_norm on a channels-last view", () =>
-                {
-                    using var sc = torch.NewDisposeScope();
-                    var v = gg.t().unsqueeze(0).unsqueeze(-1);   // [1, C, L, 1]
-                
-                    var y = nn.functional.group_norm(v, 32, gw.to(dtype), gb.to(dtype), 1e-5);
-                    Console.WriteLine($"    output strides [{string.Join(",", y.stride())}] dtype {y.dtype}");
-                    nn.functional.silu(y, inplace: true);
-                });
-            }
-            return;
-        }
         for (int pass = 0; pass < 2; pass++)
         {
             Console.WriteLine($" pass {pass + 1}");
@@ -126,15 +109,7 @@ internal static class MeshDecoderProfile
 
     private static void ResetPeak() => PeakMeter.ResetPeak();
 
-    private static long Rss() => Status("VmRSS:");
+    private static long Rss() => MdtDist.Core.Training.ProcessPeakMemory.ResidentBytes;
 
     private static long Peak() => PeakMeter.PeakBytes;
-
-    private static long Status(string key)
-    {
-        foreach (var line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith(key, StringComparison.Ordinal))
-                return long.Parse(line[key.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
-        return 0;
-    }
 }

@@ -38,11 +38,7 @@ internal static class Precision
         if (NativeReducedLayerNorm(x, weight, bias))
             return nn.functional.layer_norm(x, new[] { x.shape[^1] }, weight, bias, eps);
         var ct = AtLeastFloat32(x.dtype);
-        var w = weight is null ? null : weight.dtype == ct ? weight : weight.to(ct);
-        var b = bias is null ? null : bias.dtype == ct ? bias : bias.to(ct);
-        var xc = x.dtype == ct ? x : x.to(ct);
-        var y = nn.functional.layer_norm(xc, new[] { x.shape[^1] }, w, b, eps);
-        return y.dtype == x.dtype ? y : y.to(x.dtype);
+        return nn.functional.layer_norm(x.As(ct), new[] { x.shape[^1] }, weight?.As(ct), bias?.As(ct), eps).As(x.dtype);
     }
 
     /// <summary>Off: bfloat16 layer norms take the float32 round trip (for before/after benchmarks).</summary>
