@@ -34,8 +34,7 @@ internal static class MeshDecoderProfile
             // the whole released decoder (12 swin blocks) on a random latent, as the pipeline runs it
             int blocks = args.Contains("--1block") ? 1 : 12;
             var full = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatMeshDecoder(
-                MdtDist.Trellis.Models.SLatMeshDecoderConfig.FromArgs(System.Text.Json.Nodes.JsonNode.Parse(
-                    $$$"""{"resolution": 64, "model_channels": 768, "latent_channels": 8, "num_blocks": {{{blocks}}}, "num_heads": 12, "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8, "use_fp16": true, "representation_config": {"use_color": true}}""")!.AsObject()), dtype), 6);
+                MdtDist.Trellis.Models.SLatMeshDecoderConfig.Released with { NumBlocks = blocks }, dtype), 6);
             full.eval();
             var lat = new SparseTensor(torch.randn(new[] { n, 8L }, generator: new Generator(7)).to(dtype), new SparseCoordinates(coords, 64));
             for (int rep = 0; rep < 2; rep++)
@@ -62,8 +61,7 @@ internal static class MeshDecoderProfile
         {
         T("out layer (96→101)", () => f = new SparseTensor(outLayer.forward(h1.Feats), h1.Coordinates));
         var dec = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatMeshDecoder(
-            MdtDist.Trellis.Models.SLatMeshDecoderConfig.FromArgs(System.Text.Json.Nodes.JsonNode.Parse(
-                """{"resolution": 64, "model_channels": 256, "latent_channels": 8, "num_blocks": 1, "num_heads": 4, "attn_mode": "swin", "window_size": 8, "representation_config": {"use_color": true}}""")!.AsObject()), dtype), 4);
+            MdtDist.Trellis.Models.SLatMeshDecoderConfig.Released with { ModelChannels = 256, NumHeads = 4, NumBlocks = 1 }, dtype), 4);
         T("FlexiCubes inputs (to_representation)", () => inputs = dec.ToRepresentation(f));
         T("FlexiCubes extraction", () => { using var r = FlexiCubes.Extract(inputs[0]); Console.WriteLine($"    {r.Vertices.shape[0]} vertices, {r.Faces.shape[0]} faces"); });
         }

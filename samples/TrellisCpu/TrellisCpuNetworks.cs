@@ -23,21 +23,6 @@ public enum NetworkScale
 /// </summary>
 public sealed class TrellisCpuNetworks : IDisposable
 {
-    /// <summary>ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16.json of TRELLIS-image-large (args).</summary>
-    private const string GaussianDecoderArgs = """
-        {"resolution": 64, "model_channels": 768, "latent_channels": 8, "num_blocks": 12, "num_heads": 12, "mlp_ratio": 4,
-         "attn_mode": "swin", "window_size": 8, "use_fp16": true,
-         "representation_config": {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1},
-           "perturb_offset": true, "voxel_size": 1.5, "num_gaussians": 32, "2d_filter_kernel_size": 0.1,
-           "3d_filter_kernel_size": 9e-4, "scaling_bias": 4e-3, "opacity_bias": 0.1, "scaling_activation": "softplus"}}
-        """;
-
-    /// <summary>ckpts/slat_dec_mesh_swin8_B_64l8m256c_fp16.json of TRELLIS-image-large (args).</summary>
-    private const string MeshDecoderArgs = """
-        {"resolution": 64, "model_channels": 768, "latent_channels": 8, "num_blocks": 12, "num_heads": 12, "mlp_ratio": 4,
-         "attn_mode": "swin", "window_size": 8, "use_fp16": true, "representation_config": {"use_color": true}}
-        """;
-
     private TrellisCpuNetworks(Dinov2Model imageEncoder, TrellisPipeline pipeline)
     {
         ImageEncoder = imageEncoder;
@@ -88,19 +73,12 @@ public sealed class TrellisCpuNetworks : IDisposable
         var slat = large
             ? SLatFlowConfig.ImageLarge with { NumBlocks = Depth(24) }
             : SLatFlowConfig.ImageLarge with { ModelChannels = 64, CondChannels = cond, NumBlocks = Depth(1), NumHeads = 2, IoBlockChannels = new long[] { 16 } };
-        var gsArgs = JsonNode.Parse(GaussianDecoderArgs)!.AsObject();
-        var meshArgs = JsonNode.Parse(MeshDecoderArgs)!.AsObject();
-        foreach (var a in new[] { gsArgs, meshArgs })
-        {
-            a["num_blocks"] = Depth(12);
-            if (!large)
-            {
-                // the mesh decoder's subdivision GroupNorms (32 groups of model_channels/8) need a multiple of 256
-                a["model_channels"] = 256;
-                a["num_heads"] = 4;
-            }
-        }
-        return new PipelineConfigs(ss, ssDec, slat, SLatGaussianDecoderConfig.FromArgs(gsArgs), SLatMeshDecoderConfig.FromArgs(meshArgs));
+        // toy widths: the mesh decoder's subdivision GroupNorms (32 groups of model_channels/8) need a multiple of 256
+        var gs = large ? SLatGaussianDecoderConfig.Released with { NumBlocks = Depth(12) }
+            : SLatGaussianDecoderConfig.Released with { NumBlocks = Depth(12), ModelChannels = 256, NumHeads = 4 };
+        var mesh = large ? SLatMeshDecoderConfig.Released with { NumBlocks = Depth(12) }
+            : SLatMeshDecoderConfig.Released with { NumBlocks = Depth(12), ModelChannels = 256, NumHeads = 4 };
+        return new PipelineConfigs(ss, ssDec, slat, gs, mesh);
     }
 
     /// <summary>Builds the networks with random weights (see <see cref="Randomize{T}"/>; seeds <paramref name="seed"/> … +5).</summary>

@@ -153,6 +153,15 @@ public sealed record SLatGaussianDecoderConfig : SLatVaeConfig
     /// <inheritdoc />
     public override string TrellisClassName => ClassName;
 
+    /// <summary>The released decoder <c>slat_dec_gs_swin8_B_64l8gs32_fp16</c> of TRELLIS-image-large (its checkpoint's args).</summary>
+    public static SLatGaussianDecoderConfig Released => FromArgs(JsonNode.Parse("""
+        {"resolution": 64, "model_channels": 768, "latent_channels": 8, "num_blocks": 12, "num_heads": 12, "mlp_ratio": 4,
+         "attn_mode": "swin", "window_size": 8, "use_fp16": true,
+         "representation_config": {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1},
+           "perturb_offset": true, "voxel_size": 1.5, "num_gaussians": 32, "2d_filter_kernel_size": 0.1,
+           "3d_filter_kernel_size": 9e-4, "scaling_bias": 4e-3, "opacity_bias": 0.1, "scaling_activation": "softplus"}}
+        """)!.AsObject());
+
     /// <summary>Reads the <c>args</c> object of a checkpoint config.</summary>
     /// <exception cref="ArgumentException">A missing, unknown or mistyped argument (all listed).</exception>
     public static SLatGaussianDecoderConfig FromArgs(JsonObject? args)
@@ -195,6 +204,12 @@ public sealed record SLatMeshDecoderConfig : SLatVaeConfig
 
     /// <inheritdoc />
     public override string TrellisClassName => ClassName;
+
+    /// <summary>The released decoder <c>slat_dec_mesh_swin8_B_64l8m256c_fp16</c> of TRELLIS-image-large (its checkpoint's args).</summary>
+    public static SLatMeshDecoderConfig Released => FromArgs(JsonNode.Parse("""
+        {"resolution": 64, "model_channels": 768, "latent_channels": 8, "num_blocks": 12, "num_heads": 12, "mlp_ratio": 4,
+         "attn_mode": "swin", "window_size": 8, "use_fp16": true, "representation_config": {"use_color": true}}
+        """)!.AsObject());
 
     /// <summary>
     /// Reads the <c>args</c> object of a checkpoint config. <c>representation_config</c> is required (only its

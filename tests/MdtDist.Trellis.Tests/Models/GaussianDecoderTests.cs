@@ -26,6 +26,13 @@ public class GaussianDecoderTests
     private static GoldenCase Case(string name) => new(Path.Combine(GoldenParityTests.BundledDirectory, name + ".json"));
 
     [Fact]
+    public void ReleasedIsTheReleasedCheckpointsArgs()
+    {
+        var fromJson = SLatGaussianDecoderConfig.FromArgs(System.Text.Json.Nodes.JsonNode.Parse(ReleasedConfig)!["args"]!.AsObject());
+        Assert.Equal(fromJson.ToArgs().ToJsonString(), SLatGaussianDecoderConfig.Released.ToArgs().ToJsonString());
+    }
+
+    [Fact]
     public void ReleasedConfigBuildsWithTrellisNamesAndCount()
     {
         using var doc = JsonDocument.Parse(ReleasedConfig);

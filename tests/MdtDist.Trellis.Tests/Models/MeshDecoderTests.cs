@@ -23,6 +23,13 @@ public class MeshDecoderTests
     private static GoldenCase Case(string name) => new(Path.Combine(GoldenParityTests.BundledDirectory, name + ".json"));
 
     [Fact]
+    public void ReleasedIsTheReleasedCheckpointsArgs()
+    {
+        var fromJson = SLatMeshDecoderConfig.FromArgs(System.Text.Json.Nodes.JsonNode.Parse(ReleasedConfig)!["args"]!.AsObject());
+        Assert.Equal(fromJson.ToArgs().ToJsonString(), SLatMeshDecoderConfig.Released.ToArgs().ToJsonString());
+    }
+
+    [Fact]
     public void ReleasedConfigBuildsWithTrellisNamesAndCount()
     {
         using var doc = JsonDocument.Parse(ReleasedConfig);
