@@ -49,6 +49,7 @@ public sealed class CheckpointKillFuzzTests(ITestOutputHelper output) : IDisposa
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
         int steps = 0;
+        bool killedByTest = false;
         // The 180 s bound only turns a hung child into a failure; no verdict depends on it.
         while (lines.TryTake(out var line, TimeSpan.FromSeconds(180)))
         {
@@ -57,7 +58,9 @@ public sealed class CheckpointKillFuzzTests(ITestOutputHelper output) : IDisposa
             if (line.StartsWith("STEP", StringComparison.Ordinal) && externalKill is { } k && ++steps == k.AfterSteps)
             {
                 if (k.DelayMs > 0) Thread.Sleep(k.DelayMs);
-                try { p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+                // The lines are read behind the child: by now it may have printed DONE and be shutting down, and this
+                // kill then ends it with 137 after it finished. That is one of the landing points, not a failure.
+                try { p.Kill(entireProcessTree: true); killedByTest = true; } catch (InvalidOperationException) { }
             }
         }
         if (!p.WaitForExit(TimeSpan.FromSeconds(180)))
@@ -67,7 +70,7 @@ public sealed class CheckpointKillFuzzTests(ITestOutputHelper output) : IDisposa
         }
         p.WaitForExit();
         bool finished = seen.Contains("DONE");
-        Assert.True(!finished || p.ExitCode == 0, $"the child printed DONE but exited with {p.ExitCode}.");
+        Assert.True(!finished || p.ExitCode == 0 || killedByTest, $"the child printed DONE but exited with {p.ExitCode}.");
         return new ChildEnd(finished, seen);
     }
 
