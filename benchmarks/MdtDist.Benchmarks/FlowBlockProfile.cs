@@ -138,7 +138,7 @@ internal static class FlowBlockProfile
     private static List<Piece> Stage2(ScalarType dt, double radius)
     {
         var log = new List<Piece>();
-        var fine = new SparseCoordinates(Stage2Profile.Shell(radius, 3), 64);
+        var fine = new SparseCoordinates(StructureShapes.Shell(radius), 64);
         var coords = SparseSpatial.Downsample(fine, 2).Coarse;
         long n = coords.Count;
         Console.WriteLine($"stage-2 block ({dt}, {torch.get_num_threads()} thread(s)): {n} sites at 32³ (shell radius {radius}), context [1, {Ctx}, {C}], {Heads} heads");
@@ -292,7 +292,7 @@ internal static class FlowSpeed
         var cond = F.layer_norm(torch.randn(new long[] { 1, 1374, 1024 }, generator: g), new long[] { 1024 });
         var t = torch.full(new long[] { 1 }, 1000.0);
         var noise1 = torch.randn(new long[] { 1, 8, 16, 16, 16 }, generator: g);
-        var coords = Stage2Profile.Shell(26, 3);
+        var coords = StructureShapes.Shell(26);
         var noise2 = torch.randn(new[] { coords.shape[0], 8L }, generator: g);
         foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
         {

@@ -25,7 +25,7 @@ internal static class MeshDecoderProfile
         double radius = args.Length > 1 ? double.Parse(args[1], CultureInfo.InvariantCulture) : 24.55;
         if (args.Length > 2) torch.set_num_threads(int.Parse(args[2], CultureInfo.InvariantCulture));
         using var noGrad = torch.no_grad();
-        var coords = Stage2Profile.Shell(radius, 3);
+        var coords = StructureShapes.Shell(radius);
         long n = coords.shape[0];
         Console.WriteLine($"mesh decoder after the transformer, {dtype}, {torch.get_num_threads()} threads, shell of {n} voxels (radius {radius})");
         const long C = 768;

@@ -45,17 +45,9 @@ public class RenderBenchmarks
             _gaussians.SetParameters(xyz, fdc, 0.5f * torch.randn(Count, 3, generator: gen), 0.5f * torch.randn(Count, 4, generator: gen),
                 2 + 2 * torch.randn(Count, 1, generator: gen));
         }
-        var coords = new List<long>();
-        for (int x = 0; x < 64; x++)
-            for (int y = 0; y < 64; y++)
-                for (int z = 0; z < 64; z++)
-                {
-                    double r = Math.Sqrt(Math.Pow(x - 31.5, 2) + Math.Pow(y - 31.5, 2) + Math.Pow(z - 31.5, 2));
-                    if (Math.Abs(r - 22) < 1.0) coords.AddRange(new long[] { x, y, z });
-                }
-        using var c = torch.tensor(coords.ToArray(), new long[] { coords.Count / 3, 3 });
+        using var c = StructureShapes.Shell(23, thickness: 2)[.., 1..].to(ScalarType.Int64);   // 21 ≤ r < 23
         _mesh = VoxelMesh.FromCoordinates(c, 64);
-        Console.WriteLine($"// voxel shell: {coords.Count / 3} voxels, {_mesh.FaceCount} triangles");
+        Console.WriteLine($"// voxel shell: {c.shape[0]} voxels, {_mesh.FaceCount} triangles");
     }
 
     [GlobalCleanup]

@@ -22,7 +22,7 @@ internal static class Stage2Profile
         double radius = args.Length > 1 ? double.Parse(args[1], CultureInfo.InvariantCulture) : 26;
         if (args.Length > 2) torch.set_num_threads(int.Parse(args[2], CultureInfo.InvariantCulture));
         using var noGrad = torch.no_grad();
-        var coords = Shell(radius, 3);
+        var coords = StructureShapes.Shell(radius);
         long n = coords.shape[0];
         Console.WriteLine($"stage-2 IO blocks, {dtype}, {torch.get_num_threads()} threads, shell of {n} voxels (radius {radius}, thickness 3)");
         const long C = 1024, io = 128;
@@ -71,18 +71,5 @@ internal static class Stage2Profile
             T("absolute position embedding (1024 ch, 32³ sites)", 0, () => SparseEmbeddings.AbsolutePosition(h1.Coordinates.Coords64[.., 1..], C, dtype));
             Console.WriteLine($"  total {total.Elapsed.TotalSeconds:F3} s");
         }
-    }
-
-    internal static Tensor Shell(double radius, double thickness)
-    {
-        var rows = new List<int>();
-        for (int x = 0; x < 64; x++)
-            for (int y = 0; y < 64; y++)
-                for (int z = 0; z < 64; z++)
-                {
-                    double r = Math.Sqrt((x - 31.5) * (x - 31.5) + (y - 31.5) * (y - 31.5) + (z - 31.5) * (z - 31.5));
-                    if (r < radius && r >= radius - thickness) rows.AddRange(new[] { 0, x, y, z });
-                }
-        return torch.tensor(rows.ToArray(), new long[] { rows.Count / 4, 4 }, dtype: ScalarType.Int32);
     }
 }

@@ -37,20 +37,6 @@ public class TrellisLatencyBenchmarks
 
     private static JsonObject Args(string json) => JsonNode.Parse(json)!.AsObject();
 
-    /// <summary>A sphere shell (radius 24, thickness 2) in the 64³ grid, TRELLIS row order.</summary>
-    internal static Tensor ShellCoords()
-    {
-        var rows = new List<int>();
-        for (int x = 0; x < 64; x++)
-            for (int y = 0; y < 64; y++)
-                for (int z = 0; z < 64; z++)
-                {
-                    double r = Math.Sqrt((x - 31.5) * (x - 31.5) + (y - 31.5) * (y - 31.5) + (z - 31.5) * (z - 31.5));
-                    if (r >= 23 && r < 25) rows.AddRange(new[] { 0, x, y, z });
-                }
-        return torch.tensor(rows.ToArray(), new long[] { rows.Count / 4, 4 }, dtype: ScalarType.Int32);
-    }
-
     [GlobalSetup]
     public void Setup()
     {
@@ -74,7 +60,7 @@ public class TrellisLatencyBenchmarks
         _stage2 = _sampler.Guide(new SLatFlowAdapter(slat));
         var g = new Generator(1);
         _noise1 = torch.randn(new long[] { 1, 8, 16, 16, 16 }, generator: g).to(device);
-        var coords = ShellCoords().to(device);
+        var coords = StructureShapes.Shell(25, thickness: 2).to(device);   // 23 ≤ r < 25
         _noise2 = new SparseTensor(torch.randn(new[] { coords.shape[0], 8L }, generator: g).to(device), coords, 64, 1).ToLatent();
         _cond = torch.randn(new long[] { 1, 1374, 1024 }, generator: g).to(device);
     }

@@ -40,7 +40,7 @@ internal static class TrunkProfile
         if (args.Length > 2) torch.set_num_threads(int.Parse(args[2], CultureInfo.InvariantCulture));
         int nBlocks = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 2;
         using var noGrad = torch.no_grad();
-        var coords = irregular ? IrregularShell(radius, 3) : Stage2Profile.Shell(radius, 3);
+        var coords = irregular ? StructureShapes.Shell(radius, centre: (30.3, 32.9, 31.1), semiAxes: (1.08, 0.93, 1.0)) : StructureShapes.Shell(radius);
         long n = coords.shape[0];
         if (decoder)
         {
@@ -191,24 +191,6 @@ internal static class TrunkProfile
                 $"(network {c:F2}, to_representation {c2:F2} CPU s); resident {before / 1e9:F2} GB before, peak {Peak() / 1e9:F2} GB; {gs.Sum(x => x.Count)} Gaussians");
             foreach (var x1 in gs) x1.Dispose();
         }
-    }
-
-    /// <summary>
-    /// A shell without the sphere's symmetry (an off-centre ellipsoid, semi-axes 1.08, 0.93, 1.0 × the radius), so that
-    /// swin windows take many different lengths, as on real objects (the centred sphere has 7–10 distinct lengths).
-    /// </summary>
-    internal static Tensor IrregularShell(double radius, double thickness)
-    {
-        var rows = new List<int>();
-        for (int x = 0; x < 64; x++)
-            for (int y = 0; y < 64; y++)
-                for (int z = 0; z < 64; z++)
-                {
-                    double dx = (x - 30.3) / 1.08, dy = (y - 32.9) / 0.93, dz = z - 31.1;
-                    double r = Math.Sqrt(dx * dx + dy * dy + dz * dz);
-                    if (r < radius && r >= radius - thickness) rows.AddRange(new[] { 0, x, y, z });
-                }
-        return torch.tensor(rows.ToArray(), new long[] { rows.Count / 4, 4 }, dtype: ScalarType.Int32);
     }
 
     private static (double Cpu, double Wall) Measure(Action a)

@@ -39,7 +39,7 @@ public static class PrecisionComparison
         using var noGrad = torch.no_grad();
         var results = new List<PrecisionResult>();
         var g = new Generator((ulong)seed + 100);
-        var (coords, _) = StructureShapes.Shell(voxels);
+        var (coords, _) = StructureShapes.ShellWithVoxelCount(voxels);
         bool large = scale == NetworkScale.Large;
         long cond = large ? 1024 : 64;
         var tokens = torch.randn(new long[] { 1, 1374, cond }, generator: g);

@@ -17,7 +17,7 @@ public static class TrellisCpuApp
     /// <summary>Command-line entry point; returns the exit code (0 ok, 130 cancelled, 3 bad input).</summary>
     public static int Run(string[] args)
     {
-        var dtypeOpt = new Option<string>("--dtype") { Description = "weight and compute dtype: float32, bfloat16, or auto (bfloat16 only on a CPU with native bf16: avx512_bf16 / amx_bf16)", DefaultValueFactory = _ => "auto" };
+        var dtypeOpt = new Option<string>("--dtype") { Description = "weight and compute dtype: float32, bfloat16, float16 (only on a CPU with avx512_fp16 / amx_fp16), or auto (bfloat16 only on a CPU with native bf16: avx512_bf16 / amx_bf16)", DefaultValueFactory = _ => "auto" };
         var threadsOpt = new Option<int?>("--threads") { Description = "libtorch intra-op threads (default: libtorch's choice, one per core)" };
         var scheduleOpt = new Option<string>("--schedule") { Description = $"comma-separated schedules to measure: {string.Join(", ", BenchmarkSchedule.Known.Select(s => s.Name))} (the teacher row is extrapolated when not measured)", DefaultValueFactory = _ => "student-1,student-2" };
         var voxelsOpt = new Option<int>("--voxels") { Description = "voxels of the stage-2 structure (a 3-voxel-thick sphere shell in the 64³ grid)", DefaultValueFactory = _ => 20_000 };
@@ -27,7 +27,7 @@ public static class TrellisCpuApp
         var decodeAllOpt = new Option<bool>("--decode-every-schedule") { Description = "run the decoders after every schedule (default: after the first; later rows reuse its decoder times)" };
         var compareOpt = new Option<string?>("--compare") { Description = "instead of the pipeline: each network in float32 and in this dtype (bfloat16 or float16) on the same inputs; relative error and speed (writes precision.md / precision.json)" };
         var noMeshOpt = new Option<bool>("--no-mesh") { Description = "with --compare: leave out the mesh decoder (its 256³ stage needs the most memory)" };
-        var rateOpt = new Option<bool>("--matmul-rate") { Description = "instead of the pipeline: the machine's GEMM rate (2048³ float32 and bfloat16 matmuls), the yardstick of the stage times" };
+        var rateOpt = new Option<bool>("--matmul-rate") { Description = "instead of the pipeline: the machine's GEMM rate (2048³ float32, bfloat16 and float16 matmuls), the yardstick of the stage times" };
         var guidedOpt = new Option<bool>("--guided-step") { Description = "instead of the pipeline: one guided stage-1 step (width 512, 4 blocks, 16³ unless --blocks) two calls vs one batched call, K/V cache on vs off" };
         var noTrimOpt = new Option<bool>("--no-heap-trim") { Description = "leave freed native memory with the allocator between stages (default: glibc's malloc_trim before each stage, so peaks count live memory)" };
         var seedOpt = new Option<long>("--seed") { Description = "seed of the random weights and noise", DefaultValueFactory = _ => 1 };
@@ -60,12 +60,12 @@ public static class TrellisCpuApp
                     var reduced = CpuFeatures.ResolveComputeDType(cmp);
                     if (reduced is not (ScalarType.BFloat16 or ScalarType.Float16))
                         throw new ArgumentException($"--compare takes bfloat16 or float16, got '{cmp}'.");
+                    CheckComputeDType(reduced, CpuFeatures.CpuFlags);
                     return Compare(pr.GetValue(tinyOpt) ? NetworkScale.Tiny : NetworkScale.Large, reduced, pr.GetValue(blocksOpt), pr.GetValue(voxelsOpt), pr.GetValue(seedOpt), pr.GetValue(outOpt)!, !pr.GetValue(noMeshOpt));
                 }
                 var request = pr.GetValue(dtypeOpt)!;
                 var dtype = CpuFeatures.ResolveComputeDType(request);
-                if (dtype == ScalarType.BFloat16 && !CpuFeatures.HasNativeBFloat16)
-                    AnsiConsole.MarkupLine("[yellow]warning:[/] this CPU has no native bfloat16 (avx512_bf16 / amx_bf16): libtorch emulates it, slower than float32.");
+                CheckComputeDType(dtype, CpuFeatures.CpuFlags);
                 var settings = new TrellisCpuSettings
                 {
                     Scale = pr.GetValue(tinyOpt) ? NetworkScale.Tiny : NetworkScale.Large,
@@ -143,12 +143,24 @@ public static class TrellisCpuApp
         return 0;
     }
 
+    /// <summary>
+    /// A 16-bit dtype the CPU has no native arithmetic for: bfloat16 is run with a warning (emulated, slower than float32);
+    /// float16 is refused (an <see cref="ArgumentException"/>), since libtorch's scalar fallback would take days at full size.
+    /// </summary>
+    public static void CheckComputeDType(ScalarType dtype, IReadOnlySet<string> flags)
+    {
+        if (CpuFeatures.ReducedPrecisionWarning(dtype, flags) is not { } why) return;
+        if (dtype == ScalarType.Float16) throw new ArgumentException("float16 refused: " + why);
+        AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(why)}");
+    }
+
     private static int MatmulRate()
     {
         using var noGrad = torch.no_grad();
-        const long n = 2048;
-        foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        foreach (var dt in new[] { ScalarType.Float32, ScalarType.BFloat16, ScalarType.Float16 })
         {
+            // float16 without native support runs a scalar loop (< 1 GFLOP/s): a 256³ product is enough to show it
+            long n = dt == ScalarType.Float16 && !CpuFeatures.HasNativeFloat16 ? 256 : 2048;
             using var scope = torch.NewDisposeScope();
             var g = new Generator(1);
             var a = torch.randn(new[] { n, n }, generator: g).to(dt);

@@ -166,7 +166,7 @@ public static class TrellisCpuBenchmark
         long rssAfterBuild = ProcessPeakMemory.ResidentBytes;
         ct.ThrowIfCancellationRequested();
 
-        var (coords, radius) = StructureShapes.Shell(settings.Voxels);
+        var (coords, radius) = StructureShapes.ShellWithVoxelCount(settings.Voxels);
         using var _coords = coords;
         var pipeline = nets.Pipeline;
 

@@ -72,7 +72,7 @@ public class TrellisCpuSampleTests
     [Fact]
     public void TheShellHoldsTheRequestedVoxelsAndIsHollow()
     {
-        var (coords, radius) = StructureShapes.Shell(20_000);
+        var (coords, radius) = StructureShapes.ShellWithVoxelCount(20_000);
         using var _ = coords;
         Assert.InRange(coords.shape[0], 19_000, 21_000);
         Assert.True(radius > StructureShapes.Thickness && radius < 32);
@@ -82,7 +82,7 @@ public class TrellisCpuSampleTests
         Assert.True(d.min().item<double>() >= radius - StructureShapes.Thickness - 1e-9);
         Assert.True(d.max().item<double>() < radius);
         Assert.Equal(0, coords[.., 0].abs().max().item<int>());
-        Assert.Throws<ArgumentException>(() => StructureShapes.Shell(0));
+        Assert.Throws<ArgumentException>(() => StructureShapes.ShellWithVoxelCount(0));
     }
 }
 
@@ -104,6 +104,32 @@ public class CpuFeaturesTests
         Assert.Equal(ScalarType.Float16, CpuFeatures.ResolveComputeDType("fp16", withBf16));
         var e = Assert.Throws<ArgumentException>(() => CpuFeatures.ResolveComputeDType("int8"));
         Assert.Contains("int8", e.Message);
+    }
+
+    [Fact]
+    public void A16BitDTypeWithoutNativeSupportIsNamedAndFloat16IsRefusedByTheSample()
+    {
+        var zen4 = new HashSet<string> { "avx2", "avx512f", "avx512_bf16" };
+        var sapphire = new HashSet<string> { "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile" };
+        var granite = new HashSet<string> { "amx_fp16", "amx_bf16" };
+        var old = new HashSet<string> { "avx2", "fma" };
+        foreach (var flags in new[] { zen4, sapphire, granite, old })
+        {
+            Assert.Null(CpuFeatures.ReducedPrecisionWarning(ScalarType.Float32, flags));
+            Assert.Null(CpuFeatures.ReducedPrecisionWarning(ScalarType.Float64, flags));
+        }
+        Assert.Null(CpuFeatures.ReducedPrecisionWarning(ScalarType.BFloat16, zen4));
+        Assert.Contains("avx512_bf16", CpuFeatures.ReducedPrecisionWarning(ScalarType.BFloat16, old));
+        Assert.Null(CpuFeatures.ReducedPrecisionWarning(ScalarType.Float16, sapphire));
+        Assert.Null(CpuFeatures.ReducedPrecisionWarning(ScalarType.Float16, granite));
+        Assert.Contains("avx512_fp16", CpuFeatures.ReducedPrecisionWarning(ScalarType.Float16, zen4));
+
+        // the sample: float16 without native support is an error (exit code 3 from the command), bfloat16 only a warning
+        var e = Assert.Throws<ArgumentException>(() => TrellisCpuApp.CheckComputeDType(ScalarType.Float16, zen4));
+        Assert.StartsWith("float16 refused", e.Message);
+        TrellisCpuApp.CheckComputeDType(ScalarType.Float16, sapphire);
+        TrellisCpuApp.CheckComputeDType(ScalarType.BFloat16, old);
+        TrellisCpuApp.CheckComputeDType(ScalarType.Float32, old);
     }
 
     [Fact]
