@@ -120,6 +120,7 @@ public sealed class TrellisPipeline
         var config = TrellisPipelineConfig.Read(pj);
         string Model(string key) => ResolveModelPath(folder, config.Models[key]);
         var log = logger ?? NullLogger.Instance;
+        WarnIfSlowOnCpu(log, dtype, device, CpuFeatures.CpuFlags);
         var ssFlow = TrellisCheckpoint.Load<SparseStructureFlowModel>(Model("sparse_structure_flow_model"), dtype, device);
         var ssDec = TrellisCheckpoint.Load<SparseStructureDecoder>(Model("sparse_structure_decoder"), dtype, device);
         var slatFlow = TrellisCheckpoint.Load<SLatFlowModel>(Model("slat_flow_model"), dtype, device);
@@ -138,6 +139,15 @@ public sealed class TrellisPipeline
         {
             throw new InvalidDataException($"'{pj}': the models it names do not fit together: {e.Message}", e);
         }
+    }
+
+    /// <summary>Logs a warning when the networks are to run on the CPU in a 16-bit dtype it has no native arithmetic for
+    /// (<see cref="CpuFeatures.ReducedPrecisionWarning"/>): such a run works but is slower than float32, never silently.</summary>
+    internal static void WarnIfSlowOnCpu(ILogger logger, ScalarType dtype, Device? device, IReadOnlySet<string> cpuFlags)
+    {
+        if ((device ?? torch.CPU).type != DeviceType.CPU) return;
+        if (CpuFeatures.ReducedPrecisionWarning(dtype, cpuFlags) is { } why)
+            logger.LogWarning("TRELLIS pipeline in {DType} on the CPU: {Why}", dtype, why);
     }
 
     internal static string ResolveModelPath(string folder, string rel)

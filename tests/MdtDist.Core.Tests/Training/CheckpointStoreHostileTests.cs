@@ -1,3 +1,4 @@
+using MdtDist.TestSupport;
 using System.Text.Json.Nodes;
 using MdtDist.Core.Distillation;
 using MdtDist.Core.Flow;

@@ -385,15 +385,6 @@ public sealed class MdtDistillerTests : IDisposable
     }
 }
 
-internal sealed class ListLogger : Microsoft.Extensions.Logging.ILogger
-{
-    public List<(Microsoft.Extensions.Logging.LogLevel Level, string Message)> Entries { get; } = new();
-    public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
-    public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => true;
-    public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
-        Entries.Add((logLevel, formatter(state, exception)));
-}
-
 public class AdaptiveGradClipperTests
 {
     private static Tensor ParamWithGrad(params float[] grad)

@@ -7,6 +7,7 @@ using Microsoft.Extensions.Logging;
 using TorchSharp;
 using Xunit;
 using MdtDist.Trellis.Tests.Data;
+using MdtDist.TestSupport;
 
 namespace MdtDist.Trellis.Tests.Samples;
 
@@ -17,17 +18,6 @@ namespace MdtDist.Trellis.Tests.Samples;
 /// </summary>
 public class DistillTrellisElasticTests
 {
-    private sealed class ListLogger : ILogger
-    {
-        public List<string> Lines { get; } = new();
-        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
-        public bool IsEnabled(LogLevel logLevel) => true;
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
-        {
-            lock (Lines) Lines.Add(formatter(state, exception));
-        }
-    }
-
     private const string Flow = """{"resolution": 64, "in_channels": 8, "out_channels": 8, "model_channels": 32, "cond_channels": 32, "num_blocks": 3, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""";
 
     private static string Config(string dir, bool elastic)

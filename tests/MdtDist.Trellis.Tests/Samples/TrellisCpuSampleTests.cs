@@ -1,3 +1,4 @@
+using MdtDist.TestSupport;
 using System.Text.Json;
 using MdtDist.Trellis.Pipeline;
 using TrellisCpu;
@@ -130,6 +131,22 @@ public class CpuFeaturesTests
         TrellisCpuApp.CheckComputeDType(ScalarType.Float16, sapphire);
         TrellisCpuApp.CheckComputeDType(ScalarType.BFloat16, old);
         TrellisCpuApp.CheckComputeDType(ScalarType.Float32, old);
+    }
+
+    [Fact]
+    public void APipelineLoadedInA16BitDTypeTheCpuLacksLogsAWarning()
+    {
+        var zen4 = new HashSet<string> { "avx512f", "avx512_bf16" };
+        var log = new ListLogger();
+        TrellisPipeline.WarnIfSlowOnCpu(log, ScalarType.Float32, null, zen4);
+        TrellisPipeline.WarnIfSlowOnCpu(log, ScalarType.BFloat16, CPU, zen4);
+        TrellisPipeline.WarnIfSlowOnCpu(log, ScalarType.Float16, new Device(TorchSharp.DeviceType.CUDA, 0), zen4);   // not on the CPU
+        Assert.Empty(log.Entries);
+        TrellisPipeline.WarnIfSlowOnCpu(log, ScalarType.Float16, null, zen4);
+        var (level, message) = Assert.Single(log.Entries);
+        Assert.Equal(Microsoft.Extensions.Logging.LogLevel.Warning, level);
+        Assert.Contains("Float16", message);
+        Assert.Contains("avx512_fp16", message);
     }
 
     [Fact]
