@@ -13,7 +13,8 @@ namespace MdtDist.Trellis.Export;
 /// <para>For a vertex <c>v</c> and Gaussians with centres <c>μᵢ</c>, opacities <c>αᵢ</c> and base colours
 /// <c>cᵢ = clamp(0.5 + C₀·f_dcᵢ, 0, 1)</c> (the SH degree-0 colour the splatting renderer uses, <c>C₀ = 0.2821</c>),</para>
 /// <code>colour(v) = Σᵢ wᵢ cᵢ / Σᵢ wᵢ,   wᵢ = αᵢ · exp(−|v − μᵢ|² / 2σ²)  for |v − μᵢ| ≤ 3σ (else 0)</code>
-/// <para>with the bandwidth <c>σ</c>. A vertex with no Gaussian within <c>3σ</c> takes the colour of the nearest Gaussian.
+/// <para>with the bandwidth <c>σ</c>. A vertex with no Gaussian within <c>3σ</c> takes the colour of the nearest Gaussian
+/// (found exactly with a k-d tree over the centres, so a mesh far from its Gaussians costs O(V log G), not O(V·G)).
 /// The colours are in the Gaussians' colour space: like the mesh decoder's colour channels they are sRGB-encoded values
 /// (both decoders are trained against the same sRGB renders), so <see cref="GlbExportOptions.ColorsAreSrgb"/> applies
 /// to them unchanged.</para>
@@ -136,17 +137,17 @@ public static class GaussianVertexColors
             if (pairs < chunkElements / 4) chunk *= 2;
         }
 
-        // vertices with no Gaussian within 3σ: the nearest Gaussian's colour (brute force, chunked; rare)
+        // vertices with no Gaussian within 3σ: the nearest Gaussian's colour (a k-d tree over the centres, queried in parallel)
         var lonely = (~covered).nonzero().reshape(-1);
         long nl = lonely.shape[0];
-        long lchunk = Math.Max(1, chunkElements / ng);
-        for (long s = 0; s < nl; s += lchunk)
+        if (nl > 0)
         {
-            cancellationToken.ThrowIfCancellationRequested();
-            using var inner = torch.NewDisposeScope();
-            var ids = lonely.narrow(0, s, Math.Min(nl, s + lchunk) - s);
-            var d2 = (verts.index_select(0, ids).unsqueeze(1) - pos.unsqueeze(0)).square().sum(-1);   // [C, G]
-            colors.index_copy_(0, ids, rgb.index_select(0, d2.argmin(1)));
+            var tree = new PointKdTree(pos.to(ScalarType.Float64, CPU).contiguous().data<double>().ToArray());
+            var q = verts.index_select(0, lonely).to(ScalarType.Float64, CPU).contiguous().data<double>().ToArray();
+            var nearest = new long[nl];
+            Parallel.For(0, (int)nl, new ParallelOptions { CancellationToken = cancellationToken },
+                i => nearest[i] = tree.Nearest(q[3 * i], q[3 * i + 1], q[3 * i + 2]));
+            colors.index_copy_(0, lonely, rgb.index_select(0, torch.tensor(nearest, device: dev)));
         }
         return colors.MoveToOuterDisposeScope();
     }

@@ -115,6 +115,59 @@ public class GaussianVertexColorsTests
     }
 
     [Fact]
+    public void AMeshFarFromItsGaussiansTakesEachVertexsNearestColour()
+    {
+        // every vertex beyond 3σ (the mesh shifted by 2 units, as with a mismatched frame): each takes the colour of the
+        // Gaussian a brute-force argmin over all centres names (float64 distances, first index among equals)
+        using var scope = torch.NewDisposeScope();
+        using var g = RenderTestData.TrellisLike(3000, 5, ScalarType.Float64);
+        using var near = RandomPoints(1500, 11);
+        using var mesh = new Mesh(near.Vertices + torch.tensor(new[] { 2.0, -1.0, 0.5 }, ScalarType.Float64), near.Faces.clone());
+        var c = GaussianVertexColors.Sample(mesh, g, 0.01);
+        var pos = g.GetXyz().to(ScalarType.Float64);
+        var rgb = (g.GetFeatures().reshape(-1, 3).to(ScalarType.Float64) * MdtDist.Trellis.Rendering.GaussianRasterizer.ShC0 + 0.5).clamp(0, 1);
+        var brute = rgb.index_select(0, (mesh.Vertices.unsqueeze(1) - pos.unsqueeze(0)).square().sum(-1).argmin(1));
+        Assert.True(RenderTestData.Same(brute, c));
+    }
+
+    [Fact]
+    public void TheKdTreeAnswersAsABruteForceArgminDoes()
+    {
+        // random points, and a hostile set: many points on one spot, on one plane and on a coarse lattice (equal
+        // coordinates and equal distances everywhere); ties go to the lowest index, as argmin's
+        var rng = new Random(5);
+        double[] Random3(int n, Func<double> f) => Enumerable.Range(0, 3 * n).Select(_ => f()).ToArray();
+        var sets = new Dictionary<string, double[]>
+        {
+            ["uniform"] = Random3(4000, () => rng.NextDouble() - 0.5),
+            ["one spot"] = Enumerable.Repeat(new[] { 0.1, 0.2, 0.3 }, 500).SelectMany(p => p).ToArray(),
+            ["lattice"] = Random3(3000, () => Math.Round(rng.NextDouble() * 4) / 4),
+            ["plane"] = Enumerable.Range(0, 2000).SelectMany(_ => new[] { rng.NextDouble(), rng.NextDouble(), 0.0 }).ToArray(),
+            ["one point"] = new[] { 1.0, 2.0, 3.0 },
+        };
+        foreach (var (name, pts) in sets)
+        {
+            var tree = new PointKdTree(pts);
+            int n = pts.Length / 3;
+            Assert.Equal(n, tree.Count);
+            for (int q = 0; q < 300; q++)
+            {
+                double x = Math.Round(rng.NextDouble() * 8 - 3) / 4, y = rng.NextDouble() * 3 - 1, z = q % 3 == 0 ? 0 : rng.NextDouble() - 0.5;
+                int best = -1;
+                double bestD2 = double.PositiveInfinity;
+                for (int i = 0; i < n; i++)
+                {
+                    double dx = pts[3 * i] - x, dy = pts[3 * i + 1] - y, dz = pts[3 * i + 2] - z, d2 = dx * dx + dy * dy + dz * dz;
+                    if (d2 < bestD2) (best, bestD2) = (i, d2);
+                }
+                Assert.True(best == tree.Nearest(x, y, z), $"{name}: query {q} ({x}, {y}, {z}): brute force {best}, tree {tree.Nearest(x, y, z)}");
+            }
+        }
+        Assert.Equal(-1, new PointKdTree(Array.Empty<double>()).Nearest(0, 0, 0));
+        Assert.Throws<ArgumentException>(() => new PointKdTree(new double[4]));
+    }
+
+    [Fact]
     public void ChunkingDoesNotChangeTheResult()
     {
         using var scope = torch.NewDisposeScope();
