@@ -14,7 +14,7 @@ namespace MdtDist.Trellis.Export;
 /// <c>cᵢ = clamp(0.5 + C₀·f_dcᵢ, 0, 1)</c> (the SH degree-0 colour the splatting renderer uses, <c>C₀ = 0.2821</c>),</para>
 /// <code>colour(v) = Σᵢ wᵢ cᵢ / Σᵢ wᵢ,   wᵢ = αᵢ · exp(−|v − μᵢ|² / 2σ²)  for |v − μᵢ| ≤ 3σ (else 0)</code>
 /// <para>with the bandwidth <c>σ</c>. A vertex with no Gaussian within <c>3σ</c> takes the colour of the nearest Gaussian
-/// (found exactly with a k-d tree over the centres, so a mesh far from its Gaussians costs O(V log G), not O(V·G)).
+/// (found exactly with a k-d tree over the centres, so a mesh far from its Gaussians costs one tree search per vertex, not V·G distances).
 /// The colours are in the Gaussians' colour space: like the mesh decoder's colour channels they are sRGB-encoded values
 /// (both decoders are trained against the same sRGB renders), so <see cref="GlbExportOptions.ColorsAreSrgb"/> applies
 /// to them unchanged.</para>
