@@ -182,6 +182,19 @@ public class SLatFlowModel : nn.Module<SparseTensor, Tensor, Tensor, SparseTenso
         : input_blocks.Count > 0 ? input_blocks[0].conv1.conv.weight.dtype
         : input_layer.weight.dtype;
 
+    // the condition cast to the torso dtype, once per condition (see CrossAttentionKvCache.Cast)
+    private readonly CrossAttentionKvCache _conditionCast = new();
+
+    /// <summary>The condition-cast cache (for tests).</summary>
+    internal CrossAttentionKvCache ConditionCast => _conditionCast;
+
+    /// <inheritdoc />
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _conditionCast.Dispose();
+        base.Dispose(disposing);
+    }
+
     /// <summary>
     /// Converts the linear and convolution weights of the IO blocks and transformer blocks to <paramref name="dtype"/>
     /// (TRELLIS's <c>convert_to_fp16</c> with float16); norms stay as they are and compute in at least float32.
@@ -220,7 +233,7 @@ public class SLatFlowModel : nn.Module<SparseTensor, Tensor, Tensor, SparseTenso
         var tEmb = t_embedder.forward(t.to(x.Device));
         if (adaLN_modulation is not null) tEmb = adaLN_modulation.forward(tEmb);
         tEmb = tEmb.As(torso);
-        var c = cond.to(torso, x.Device);
+        var c = cond.device_type == x.Device.type && cond.device_index == x.Device.index ? _conditionCast.Cast(cond, torso, training) : cond.to(torso, x.Device);
 
         var skips = new List<Tensor>();
         foreach (var block in input_blocks)

@@ -84,6 +84,19 @@ public sealed class SparseStructureFlowModel : nn.Module<Tensor, Tensor, Tensor,
 
     private ScalarType? _torso;
 
+    // the condition cast to the torso dtype, once per condition (see CrossAttentionKvCache.Cast)
+    private readonly CrossAttentionKvCache _conditionCast = new();
+
+    /// <summary>The condition-cast cache (for tests).</summary>
+    internal CrossAttentionKvCache ConditionCast => _conditionCast;
+
+    /// <inheritdoc />
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _conditionCast.Dispose();
+        base.Dispose(disposing);
+    }
+
     /// <summary>How attention is computed (default <see cref="AttentionBackend.Auto"/>: fused SDPA for float32/float16/bfloat16 on any device, exact math for float64).</summary>
     public AttentionBackend AttentionBackend
     {
@@ -130,7 +143,7 @@ public sealed class SparseStructureFlowModel : nn.Module<Tensor, Tensor, Tensor,
         if (adaLN_modulation is not null) tEmb = adaLN_modulation.forward(tEmb);
         tEmb = tEmb.As(torso);
         h = h.As(torso);
-        var ctx = cond.As(torso);
+        var ctx = _conditionCast.Cast(cond, torso, training);
         foreach (var block in blocks)
             h = block.forward(h, tEmb, ctx);
         h = h.As(x.dtype);

@@ -6,8 +6,9 @@ using static TorchSharp.torch;
 namespace MdtDist.Trellis.Modules;
 
 /// <summary>
-/// The K/V projection <c>to_kv(context)</c> of a cross-attention layer, computed once per condition tensor and reused
-/// while the same condition comes back (every step of a sampler run). Identity of the condition: the same storage
+/// The K/V projection <c>to_kv(context)</c> of a cross-attention layer (or, for a flow, the cast of its condition to the
+/// torso's dtype: <see cref="Cast"/>), computed once per condition tensor and reused while the same condition comes back
+/// (every step of a sampler run). Identity of the condition: the same storage
 /// (data pointer and offset, kept alive by an alias the cache holds, so the address cannot be reused by another
 /// tensor), shape, strides, dtype and device, and the same <c>to_kv</c> weight storage and dtype; a different one replaces the entry (the old tensors are disposed).
 /// Only under <c>torch.no_grad()</c>, and either inside a <see cref="KvCacheSession"/> (a sampler run, during which no
@@ -38,11 +39,23 @@ internal sealed class CrossAttentionKvCache : IDisposable
     /// <summary><c>toKv(context)</c>, from the cache when <paramref name="context"/> is the cached condition, the layer is not
     /// <paramref name="training"/> and autograd is off.
     /// The returned tensor belongs to the cache when cached: the caller must not dispose or modify it.</summary>
-    public Tensor Project(Linear toKv, Tensor context, bool training)
+    public Tensor Project(Linear toKv, Tensor context, bool training) =>
+        Memo(context, toKv.weight!, toKv.weight!.dtype, c => toKv.forward(c), training);
+
+    /// <summary>
+    /// <paramref name="condition"/> cast to <paramref name="dtype"/>, under the same rules as <see cref="Project"/>: a flow
+    /// whose torso computes in another dtype than the condition it is given (a float32 condition, bfloat16 blocks) casts
+    /// it once per condition, so the very same tensor reaches its cross-attention layers on every step and their K/V
+    /// caches hit. The returned tensor belongs to the cache when cached (the condition itself when no cast is needed).
+    /// </summary>
+    public Tensor Cast(Tensor condition, ScalarType dtype, bool training) =>
+        condition.dtype == dtype ? condition : Memo(condition, null, dtype, c => c.to(dtype), training);
+
+    private Tensor Memo(Tensor source, Tensor? weight, ScalarType resultDType, Func<Tensor, Tensor> compute, bool training)
     {
         var session = KvCacheSession.Current;
-        if ((training && session is null) || torch.is_grad_enabled()) return toKv.forward(context);
-        var key = Key.Of(context, toKv.weight!, session?.Id ?? 0);
+        if ((training && session is null) || torch.is_grad_enabled()) return compute(source);
+        var key = Key.Of(source, weight, resultDType, session?.Id ?? 0);
         lock (_lock)
         {
             if (_kv is not null && _key.Equals(key))
@@ -50,17 +63,17 @@ internal sealed class CrossAttentionKvCache : IDisposable
                 Hits++;
                 return _kv;
             }
-            Tensor kv, alias;
+            Tensor result, alias;
             using (var scope = torch.NewDisposeScope())
             {
-                kv = toKv.forward(context).DetachFromDisposeScope();
-                alias = context.detach().DetachFromDisposeScope();
+                result = compute(source).DetachFromDisposeScope();
+                alias = source.detach().DetachFromDisposeScope();
             }
             ClearLocked();
-            (_kv, _context, _key) = (kv, alias, key);
+            (_kv, _context, _key) = (result, alias, key);
             Misses++;
             session?.Register(this);
-            return kv;
+            return result;
         }
     }
 
@@ -88,13 +101,14 @@ internal sealed class CrossAttentionKvCache : IDisposable
         _key = default;
     }
 
-    // The weight's storage and dtype are part of the key, so a precision change or a replaced parameter misses.
-    private readonly record struct Key(IntPtr Data, long Offset, string Shape, ScalarType DType, DeviceType DeviceType, int DeviceIndex, IntPtr Weight, ScalarType WeightDType, long Session)
+    // The weight's storage (none for a cast) and the result's dtype are part of the key, so a precision change or a
+    // replaced parameter misses.
+    private readonly record struct Key(IntPtr Data, long Offset, string Shape, ScalarType DType, DeviceType DeviceType, int DeviceIndex, IntPtr Weight, ScalarType ResultDType, long Session)
     {
-        public static Key Of(Tensor t, Tensor weight, long session) => new(
+        public static Key Of(Tensor t, Tensor? weight, ScalarType resultDType, long session) => new(
             THSStorage_data_ptr(t.Handle), t.storage_offset(),
             string.Join(",", t.shape) + "/" + string.Join(",", t.stride()),
-            t.dtype, t.device_type, t.device_index, THSStorage_data_ptr(weight.Handle), weight.dtype, session);
+            t.dtype, t.device_type, t.device_index, weight is null ? IntPtr.Zero : THSStorage_data_ptr(weight.Handle), resultDType, session);
     }
 
     // TorchSharp's own native library (already loaded by TorchSharp); TorchSharp keeps this entry point protected.

@@ -93,6 +93,56 @@ public class CrossAttentionKvCacheTests
     }
 
     [Fact]
+    public void AConditionInAnotherDTypeThanTheTorsoIsCastOnceSoTheProjectionsAreCachedToo()
+    {
+        // a flow driven directly (not through the pipeline, which casts once per run) with its torso narrower than the
+        // condition: the cast is made once per condition, the cross-attention layers then see the same tensor and hit
+        using var dense = TinyModels.VelocityFlow(seed: 56);
+        dense.SetTorsoDType(ScalarType.Float32);
+        dense.eval();
+        var denseCaches = Caches(dense);
+        using var x = torch.randn(new long[] { 2, 3, 4, 4, 4 }, dtype: ScalarType.Float64, generator: new Generator(57));
+        using var t = torch.tensor(new[] { 300.0, 700.0 }, dtype: ScalarType.Float64);
+        using var cond = torch.randn(new long[] { 2, 5, 10 }, dtype: ScalarType.Float64, generator: new Generator(58));
+        using var reference = dense.forward(x, t, cond).detach();   // autograd on: nothing cached
+        Assert.Equal((0L, 0L), (dense.ConditionCast.Misses, dense.ConditionCast.Hits));
+        using (torch.no_grad())
+        {
+            using var first = dense.forward(x, t, cond);
+            using var second = dense.forward(x, t, cond);
+            Assert.True(BitIdentical(first, reference));
+            Assert.True(BitIdentical(second, reference));
+        }
+        Assert.Equal((1L, 1L), (dense.ConditionCast.Misses, dense.ConditionCast.Hits));
+        Assert.Equal(ScalarType.Float32, dense.ConditionCast.Cached!.dtype);
+        Assert.All(denseCaches, c => Assert.Equal((1L, 1L), (c.Misses, c.Hits)));
+
+        var json = System.Text.Json.Nodes.JsonNode.Parse(
+            """{"resolution": 8, "in_channels": 2, "out_channels": 2, "model_channels": 16, "cond_channels": 6, "num_blocks": 2, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""")!.AsObject();
+        using var sparse = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatFlowModel(MdtDist.Trellis.Models.SLatFlowConfig.FromArgs(json), ScalarType.Float64), 64);
+        sparse.SetTorsoDType(ScalarType.Float32);
+        sparse.eval();
+        var coords = torch.tensor(new int[] { 0, 0, 0, 0, 0, 1, 2, 3, 1, 7, 7, 7, 1, 2, 2, 2 }, new long[] { 4, 4 });
+        var xs = new SparseTensor(torch.randn(new long[] { 4, 2 }, dtype: ScalarType.Float64, generator: new Generator(65)), coords, resolution: 8);
+        using var ts = torch.tensor(new[] { 250.0, 900.0 }, dtype: ScalarType.Float64);
+        using var conds = torch.randn(new long[] { 2, 5, 6 }, dtype: ScalarType.Float64, generator: new Generator(66));
+        using var sparseReference = sparse.forward(xs, ts, conds).Feats.detach();
+        using (torch.no_grad())
+        {
+            using var a = sparse.forward(xs, ts, conds).Feats;
+            using var b = sparse.forward(xs, ts, conds).Feats;
+            Assert.True(BitIdentical(a, sparseReference));
+            Assert.True(BitIdentical(b, sparseReference));
+        }
+        Assert.Equal((1L, 1L), (sparse.ConditionCast.Misses, sparse.ConditionCast.Hits));
+        Assert.All(Caches(sparse), c => Assert.Equal((1L, 1L), (c.Misses, c.Hits)));
+
+        var kept = dense.ConditionCast.Cached!;
+        dense.Dispose();
+        Assert.True(kept.IsInvalid);   // the model's Dispose frees the cached cast
+    }
+
+    [Fact]
     public void GuidedSamplerStepsThroughTheAdapterProjectTheConditionOnce()
     {
         using var net = TinyModels.VelocityFlow(seed: 71);
