@@ -25,6 +25,28 @@ public class CrossAttentionKvCacheTests
 
     private static bool BitIdentical(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && torch.equal(a, b).all().item<bool>();
 
+    private static MdtDist.Trellis.Models.SLatFlowModel TinySparseFlow(long seed)
+    {
+        var json = System.Text.Json.Nodes.JsonNode.Parse(
+            """{"resolution": 8, "in_channels": 2, "out_channels": 2, "model_channels": 16, "cond_channels": 6, "num_blocks": 2, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""")!.AsObject();
+        return RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatFlowModel(MdtDist.Trellis.Models.SLatFlowConfig.FromArgs(json), ScalarType.Float64), seed);
+    }
+
+    /// <summary>Two no_grad forwards of <paramref name="net"/> on seeded inputs, each bit-identical to a forward with autograd on (which caches nothing).</summary>
+    private static void TwoCachedForwardsAreBitIdentical(MdtDist.Trellis.Models.SLatFlowModel net, ulong seed)
+    {
+        var coords = torch.tensor(new int[] { 0, 0, 0, 0, 0, 1, 2, 3, 1, 7, 7, 7, 1, 2, 2, 2 }, new long[] { 4, 4 });
+        var x = new SparseTensor(torch.randn(new long[] { 4, 2 }, dtype: ScalarType.Float64, generator: new Generator(seed)), coords, resolution: 8);
+        using var t = torch.tensor(new[] { 250.0, 900.0 }, dtype: ScalarType.Float64);
+        using var cond = torch.randn(new long[] { 2, 5, 6 }, dtype: ScalarType.Float64, generator: new Generator(seed + 1));
+        using var reference = net.forward(x, t, cond).Feats.detach();
+        using var noGrad = torch.no_grad();
+        using var a = net.forward(x, t, cond).Feats;
+        using var b = net.forward(x, t, cond).Feats;
+        Assert.True(BitIdentical(a, reference));
+        Assert.True(BitIdentical(b, reference));
+    }
+
     [Fact]
     public void Stage1CachedForwardIsBitIdenticalAndProjectsOncePerCondition()
     {
@@ -70,25 +92,11 @@ public class CrossAttentionKvCacheTests
     [Fact]
     public void Stage2SparseCrossAttentionIsCachedAndBitIdentical()
     {
-        var json = System.Text.Json.Nodes.JsonNode.Parse(
-            """{"resolution": 8, "in_channels": 2, "out_channels": 2, "model_channels": 16, "cond_channels": 6, "num_blocks": 2, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""")!.AsObject();
-        using var net = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatFlowModel(MdtDist.Trellis.Models.SLatFlowConfig.FromArgs(json), ScalarType.Float64), 61);
+        using var net = TinySparseFlow(61);
         var caches = Caches(net);
         Assert.Equal(2, caches.Count);
         net.eval();
-        var coords = torch.tensor(new int[] { 0, 0, 0, 0, 0, 1, 2, 3, 1, 7, 7, 7, 1, 2, 2, 2 }, new long[] { 4, 4 });
-        var feats = torch.randn(new long[] { 4, 2 }, dtype: ScalarType.Float64, generator: new Generator(62));
-        var x = new SparseTensor(feats, coords, resolution: 8);
-        using var t = torch.tensor(new[] { 250.0, 900.0 }, dtype: ScalarType.Float64);
-        using var cond = torch.randn(new long[] { 2, 5, 6 }, dtype: ScalarType.Float64, generator: new Generator(63));
-        using var reference = net.forward(x, t, cond).Feats.detach();
-        using (torch.no_grad())
-        {
-            using var a = net.forward(x, t, cond).Feats;
-            using var b = net.forward(x, t, cond).Feats;
-            Assert.True(BitIdentical(a, reference));
-            Assert.True(BitIdentical(b, reference));
-        }
+        TwoCachedForwardsAreBitIdentical(net, 62);
         Assert.All(caches, c => Assert.Equal((1L, 1L), (c.Misses, c.Hits)));
     }
 
@@ -117,23 +125,10 @@ public class CrossAttentionKvCacheTests
         Assert.Equal(ScalarType.Float32, dense.ConditionCast.Cached!.dtype);
         Assert.All(denseCaches, c => Assert.Equal((1L, 1L), (c.Misses, c.Hits)));
 
-        var json = System.Text.Json.Nodes.JsonNode.Parse(
-            """{"resolution": 8, "in_channels": 2, "out_channels": 2, "model_channels": 16, "cond_channels": 6, "num_blocks": 2, "num_heads": 2, "mlp_ratio": 2, "patch_size": 2, "num_io_res_blocks": 1, "io_block_channels": [8], "pe_mode": "ape", "qk_rms_norm": true}""")!.AsObject();
-        using var sparse = RandomTinyTrellis.Randomize(new MdtDist.Trellis.Models.SLatFlowModel(MdtDist.Trellis.Models.SLatFlowConfig.FromArgs(json), ScalarType.Float64), 64);
+        using var sparse = TinySparseFlow(64);
         sparse.SetTorsoDType(ScalarType.Float32);
         sparse.eval();
-        var coords = torch.tensor(new int[] { 0, 0, 0, 0, 0, 1, 2, 3, 1, 7, 7, 7, 1, 2, 2, 2 }, new long[] { 4, 4 });
-        var xs = new SparseTensor(torch.randn(new long[] { 4, 2 }, dtype: ScalarType.Float64, generator: new Generator(65)), coords, resolution: 8);
-        using var ts = torch.tensor(new[] { 250.0, 900.0 }, dtype: ScalarType.Float64);
-        using var conds = torch.randn(new long[] { 2, 5, 6 }, dtype: ScalarType.Float64, generator: new Generator(66));
-        using var sparseReference = sparse.forward(xs, ts, conds).Feats.detach();
-        using (torch.no_grad())
-        {
-            using var a = sparse.forward(xs, ts, conds).Feats;
-            using var b = sparse.forward(xs, ts, conds).Feats;
-            Assert.True(BitIdentical(a, sparseReference));
-            Assert.True(BitIdentical(b, sparseReference));
-        }
+        TwoCachedForwardsAreBitIdentical(sparse, 65);
         Assert.Equal((1L, 1L), (sparse.ConditionCast.Misses, sparse.ConditionCast.Hits));
         Assert.All(Caches(sparse), c => Assert.Equal((1L, 1L), (c.Misses, c.Hits)));
 
