@@ -235,9 +235,8 @@ internal static class SdpaVariants
             Console.WriteLine($"  {name,-60} {c,7:F3} CPU s {flop / c,6:F1} GFLOP/CPU-s  rel. error {err:E2}{(same ? "" : "  (differs from the first)")}");
         }
         Console.WriteLine($"attention {dt}, {torch.get_num_threads()} thread(s), [1, {l}, 16, 64] x [1, {lk}, 16, 64], {flop:F1} GFLOP");
-        DenseAttention.HeadMajorReducedSdpa = false;
-        T("SDPA on the permuted views (main before this branch)", () => DenseAttention.Compute(q, k, v, AttentionBackend.Auto));
-        DenseAttention.HeadMajorReducedSdpa = true;
+        T("SDPA on the permuted views [B, L, H, D] → [B, H, L, D]", () =>
+            F.scaled_dot_product_attention(q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3));
         T("DenseAttention.Compute (head-major copies for bf16/f16)", () => DenseAttention.Compute(q, k, v, AttentionBackend.Auto));
         T("SDPA on contiguous [B, H, L, D]", () =>
         {
@@ -267,21 +266,13 @@ internal static class SdpaVariants
 /// <summary>
 /// Whole flows at full width with few blocks: TRELLIS-image-large's stage-1 flow (16³ latent) and stage-2 flow (a
 /// 22,720-voxel shell of the 64³ grid, with its IO blocks) built in float32 with seeded weights, then converted to
-/// bfloat16 (the same weights, rounded), each run on the same inputs with this branch's CPU paths off ("before": float32
-/// round-trip layer norms, SDPA on strided views, per-row modulation copies) and on ("after"), two calls each (the
-/// figure is the smaller CPU time; the context K/V is cached after the first call), interleaved so that load from other
-/// processes falls on both. Prints the 2048³ GEMM rates as the yardstick, CPU seconds, the bfloat16 / float32 ratios and
+/// bfloat16 (the same weights, rounded), each run on the same inputs, two calls each (the figure is the smaller CPU time;
+/// the context K/V is cached after the first call). The before/after columns of docs/trellis-cpu-bf16.md were measured
+/// with switches for the old paths that have since been removed (the new paths are the only ones). Prints the 2048³ GEMM rates as the yardstick, CPU seconds, the bfloat16 / float32 ratios and
 /// the relative 2-norm error of bfloat16 against float32. Run: <c>... -- flow-speed [stage1,stage2] [blocks,...] [threads]</c>.
 /// </summary>
 internal static class FlowSpeed
 {
-    private static void Switch(bool after)
-    {
-        Precision.NativeBFloat16LayerNorm = after;
-        DenseAttention.HeadMajorReducedSdpa = after;
-        SparseRowBroadcast.Enabled = after;
-    }
-
     public static void Run(string[] args)
     {
         var stages = (args.Length > 0 ? args[0] : "stage1,stage2").Split(',');
@@ -307,8 +298,8 @@ internal static class FlowSpeed
             }
             Console.WriteLine($"GEMM 2048³ {dt}: {2.0 * 2048 * 2048 * 2048 / 1e9 / best:F1} GFLOP per CPU-second (best of 3)");
         }
-        Console.WriteLine("| flow | blocks | float32 before | float32 after | bf16 before | bf16 after | bf16/f32 before | bf16/f32 after | bf16 error before | bf16 error after | float32 after: block GFLOP per CPU-s | float32 output before = after, bit for bit |");
-        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        Console.WriteLine("| flow | blocks | float32 CPU s | bf16 CPU s | bf16/f32 | bf16 error vs f32 | float32: block GFLOP per CPU-s |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
         foreach (var stage in stages)
             foreach (int blocks in blockCounts)
             {
@@ -330,27 +321,24 @@ internal static class FlowSpeed
                     blockGflop = BlockGflop(SparseSpatial.Downsample(new SparseCoordinates(coords, 64), 2).Coarse.Count);
                 }
                 module.eval();
-                var cpu = new double[4];                 // f32 before, f32 after, bf16 before, bf16 after
-                var y = new Tensor[4];
+                var cpu = new double[2];                 // float32, bfloat16
+                var y = new Tensor[2];
                 for (int d = 0; d < 2; d++)
                 {
                     var dt = d == 0 ? ScalarType.Float32 : ScalarType.BFloat16;
                     if (d == 1) module.to(ScalarType.BFloat16);
-                    cpu[2 * d] = cpu[2 * d + 1] = double.MaxValue;
+                    cpu[d] = double.MaxValue;
                     for (int call = 0; call < 2; call++)
-                        for (int after = 0; after < 2; after++)
-                        {
-                            Switch(after == 1);
-                            double c0 = Cpu();
-                            var yi = forward(dt);
-                            cpu[2 * d + after] = Math.Min(cpu[2 * d + after], Cpu() - c0);
-                            y[2 * d + after]?.Dispose();
-                            y[2 * d + after] = yi;
-                        }
+                    {
+                        double c0 = Cpu();
+                        var yi = forward(dt);
+                        cpu[d] = Math.Min(cpu[d], Cpu() - c0);
+                        y[d]?.Dispose();
+                        y[d] = yi;
+                    }
                 }
-                Switch(true);
-                double Err(Tensor low, Tensor f32) => ((low.to(ScalarType.Float64) - f32.to(ScalarType.Float64)).norm() / f32.to(ScalarType.Float64).norm()).item<double>();
-                Console.WriteLine($"| {stage} | {blocks} | {cpu[0]:F2} | {cpu[1]:F2} | {cpu[2]:F2} | {cpu[3]:F2} | {cpu[0] / cpu[2]:F2}× | {cpu[1] / cpu[3]:F2}× | {Err(y[2], y[0]):E2} | {Err(y[3], y[1]):E2} | {blocks * blockGflop / cpu[1]:F1} | {((y[0] == y[1]).all().item<bool>() ? "yes" : "no")} |");
+                double err = ((y[1].to(ScalarType.Float64) - y[0].to(ScalarType.Float64)).norm() / y[0].to(ScalarType.Float64).norm()).item<double>();
+                Console.WriteLine($"| {stage} | {blocks} | {cpu[0]:F2} | {cpu[1]:F2} | {cpu[0] / cpu[1]:F2}× | {err:E2} | {blocks * blockGflop / cpu[0]:F1} |");
                 Console.Out.Flush();
                 module.Dispose();
                 foreach (var yi in y) yi.Dispose();

@@ -15,9 +15,6 @@ internal static class DenseAttention
         _ => backend,
     };
 
-    /// <summary>Off: reduced-precision SDPA gets the strided views (for before/after benchmarks).</summary>
-    internal static bool HeadMajorReducedSdpa = true;
-
     /// <summary>
     /// libtorch's fused SDPA (default scale 1/√D) on <c>[B, H, L, D]</c> tensors, <paramref name="mask"/> true where a key
     /// is attended. bfloat16 / float16 inputs on the CPU are first copied head-major contiguous: the flash kernel gives
@@ -26,7 +23,7 @@ internal static class DenseAttention
     /// </summary>
     public static Tensor FusedSdpa(Tensor qh, Tensor kh, Tensor vh, Tensor? mask = null, bool causal = false)
     {
-        if (HeadMajorReducedSdpa && qh.dtype is ScalarType.BFloat16 or ScalarType.Float16 && qh.device_type == DeviceType.CPU)
+        if (qh.dtype is ScalarType.BFloat16 or ScalarType.Float16 && qh.device_type == DeviceType.CPU)
         {
             using var scope = torch.NewDisposeScope();
             return F.scaled_dot_product_attention(qh.contiguous(), kh.contiguous(), vh.contiguous(), mask, is_casual: causal)

@@ -41,9 +41,6 @@ internal static class Precision
         return nn.functional.layer_norm(x.As(ct), new[] { x.shape[^1] }, weight?.As(ct), bias?.As(ct), eps).As(x.dtype);
     }
 
-    /// <summary>Off: bfloat16 layer norms take the float32 round trip (for before/after benchmarks).</summary>
-    internal static bool NativeBFloat16LayerNorm = true;
-
     /// <summary>
     /// True when libtorch's own layer_norm gives the float32 round trip's result for <paramref name="x"/>: a bfloat16
     /// CPU tensor with bfloat16 or float32 affine parameters. libtorch's CPU kernel reads bfloat16, computes mean,
@@ -51,7 +48,7 @@ internal static class Precision
     /// the two casts of the activations (tested in BFloat16PathTests).
     /// </summary>
     internal static bool NativeReducedLayerNorm(Tensor x, Tensor? weight, Tensor? bias) =>
-        NativeBFloat16LayerNorm && x.dtype == ScalarType.BFloat16 && x.device_type == DeviceType.CPU
+        x.dtype == ScalarType.BFloat16 && x.device_type == DeviceType.CPU
         && (weight is null || weight.dtype is ScalarType.BFloat16 or ScalarType.Float32)
         && (bias is null || (bias.dtype is ScalarType.BFloat16 or ScalarType.Float32 && (weight is null || bias.dtype == weight.dtype)));
 

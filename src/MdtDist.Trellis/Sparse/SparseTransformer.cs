@@ -124,14 +124,11 @@ internal sealed class ModulatedSparseTransformerCrossBlock : nn.Module
 /// <summary>Per-sample vectors applied to the rows of a sparse tensor.</summary>
 internal static class SparseRowBroadcast
 {
-    /// <summary>Off: always <see cref="SparseTensor.PerRow"/> (for before/after benchmarks).</summary>
-    internal static bool Enabled = true;
-
     /// <summary>
     /// <see cref="SparseTensor.PerRow"/> for a batch of several samples; for one sample the <c>[1, ...]</c> tensor itself,
     /// which broadcasts over the rows in the same elementwise arithmetic without materialising <c>[N, ...]</c> (for the
     /// stage-2 flow's 6C modulation that copy is 25 M elements per block).
     /// </summary>
     public static Tensor PerRowOrShared(this SparseTensor x, Tensor perSample) =>
-        Enabled && x.BatchSize == 1 && perSample.shape[0] == 1 ? perSample : x.PerRow(perSample);
+        x.BatchSize == 1 && perSample.shape[0] == 1 ? perSample : x.PerRow(perSample);
 }
