@@ -66,9 +66,9 @@ public sealed record TrellisCondition
     }
 
     /// <summary>
-    /// Both token tensors in <paramref name="dtype"/> (this condition when they already are): a flow casts its condition
-    /// to its torso dtype on every call, so a sampler run casts once up front and every step then passes the same tensors
-    /// (the cross-attention K/V cache recognises a condition by its storage).
+    /// Both token tensors in <paramref name="dtype"/> (this condition when they already are): a sampler run casts once up
+    /// front to the flow's dtype, so every step passes the same tensors (the flow's torso cast and the cross-attention K/V
+    /// cache recognise a condition by its storage).
     /// </summary>
     internal TrellisCondition As(ScalarType dtype) =>
         Cond.dtype == dtype && NegCond.dtype == dtype ? this : new TrellisCondition(Cond.to(dtype), NegCond.to(dtype));

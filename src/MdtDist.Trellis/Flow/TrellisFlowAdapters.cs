@@ -69,7 +69,8 @@ public abstract class TrellisFlowAdapter<TNetwork> : IFlowNetwork where TNetwork
     /// The network's <see cref="ITrellisModel.DType"/>, except for a condition already in a 16-bit torso dtype narrower than
     /// it: that one is passed as it is (casting it up and letting the network cast it back down gives the same values), so
     /// that the network's own cast to the torso is a no-op and the very same condition tensor reaches the cross-attention
-    /// layers on every step of a run, which their K/V cache recognises (the pipeline casts the condition once per run).
+    /// layers on every step of a run, which their K/V cache recognises. (A condition in the network's dtype is not cast
+    /// here; the network casts it to its torso once per condition itself.)
     /// </summary>
     private ScalarType ConditionDType(ScalarType given)
     {

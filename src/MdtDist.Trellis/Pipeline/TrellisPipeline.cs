@@ -302,7 +302,7 @@ public sealed class TrellisPipeline
         var model = new SparseStructureFlowAdapter(StructureFlow);
         var noise = StageNoise(options, model.LatentShape(numSamples), StructureFlow.DType, StructureFlow.Device, "stage-1");
         using var kv = KvCacheSession.Begin();   // no weight changes during the run: each layer projects the condition once
-        var stageCondition = condition.As(StructureFlow.DType).As(StructureFlow.TorsoDType);   // cast once, not by the flow on every step
+        var stageCondition = condition.As(StructureFlow.DType);   // cast once, not by the adapter on every step (the flow keeps its torso cast)
         using var result = sampler.CreateSolver().Sample(Guided(sampler, model, stageCondition, options.MultiImage), Latent.Dense(noise), stageCondition.Cond, sampler.Grid(),
             new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.SparseStructure), CancellationToken = options.CancellationToken });
         return new TrellisStageResult<Tensor>(result.Samples, result.Evaluations, sw.Elapsed);
@@ -349,7 +349,7 @@ public sealed class TrellisPipeline
         var noise = StageNoise(options, new[] { sites.Count, (long)LatentFlow.Config.InChannels }, ModuleInfo.DTypeOf(LatentFlow), device, "stage-2");
         var x = new SparseTensor(noise, sites);
         using var kv = KvCacheSession.Begin();   // no weight changes during the run: each layer projects the condition once
-        var stageCondition = condition.As(LatentFlow.DType).As(LatentFlow.TorsoDType);   // cast once, not by the flow on every step
+        var stageCondition = condition.As(LatentFlow.DType);   // cast once, not by the adapter on every step (the flow keeps its torso cast)
         using var result = sampler.CreateSolver().Sample(Guided(sampler, new SLatFlowAdapter(LatentFlow), stageCondition, options.MultiImage), x.ToLatent(), stageCondition.Cond, sampler.Grid(),
             new SamplerOptions { Progress = new StageProgress(options.Progress, TrellisStage.StructuredLatent), CancellationToken = options.CancellationToken });
         using var normalized = result.Samples;
