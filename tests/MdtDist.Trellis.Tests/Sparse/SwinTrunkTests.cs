@@ -71,11 +71,13 @@ public class SwinTrunkTests
             else if (quantum == 3)
                 Assert.Contains(plan.Chunks, c => c.KeyValid is not null);
 
-            // float32 goes through libtorch's fused SDPA: float32 rounding (u = 6e-8) of scores and of sums over ≤ 150 keys
-            // stays below 1e-5 relative to max|ref| (measured ≈ 1e-7)
+            // float32 goes through libtorch's fused SDPA: the forward error of a D-term score and of a softmax-weighted
+            // sum over L keys is at most about (D + L)·u each (u the float32 unit roundoff), so 2·(D + L)·u relative to
+            // max|ref| bounds it, whatever the kernel's summation order (measured ≈ 1e-7)
             var f32 = SparseAttention.SelfAttention(qkv.to(ScalarType.Float32), plan);
             Assert.Equal(ScalarType.Float32, f32.dtype);
-            Assert.True(SparseTestData.MaxRel(expected, f32) < 1e-5, $"{SparseTestData.MaxRel(expected, f32)}");
+            double f32Bound = 2 * (qkv.shape[3] + plan.SequenceLengths.Max()) * ReducedPrecision.UnitRoundoff(ScalarType.Float32);
+            Assert.True(SparseTestData.MaxRel(expected, f32) < f32Bound, $"{SparseTestData.MaxRel(expected, f32)} (bound {f32Bound})");
         }
         finally
         {
@@ -101,8 +103,10 @@ public class SwinTrunkTests
             FeedForwardNet.RowChunkElements = 128 * 50;   // 50 rows per chunk at 128 hidden channels: 6 chunks
             using var _ = torch.no_grad();
             var chunked = block.Forward(x).Feats;
-            // the same operations row by row in float64: GEMM blocking may differ with the row count, a few ulps at most
-            Assert.True(SparseTestData.MaxRel(withGrad, chunked) < 1e-13, $"{SparseTestData.MaxRel(withGrad, chunked)}");
+            // the same operations row by row in float64: GEMM blocking may change with the row count, which reorders the
+            // K-term sums (K ≤ 128 hidden channels) of the block's 4 matrix products: at most 4·2·K·u (u = 2⁻⁵³)
+            double chunkBound = 4 * 2 * 128 * ReducedPrecision.UnitRoundoff(ScalarType.Float64);
+            Assert.True(SparseTestData.MaxRel(withGrad, chunked) < chunkBound, $"{SparseTestData.MaxRel(withGrad, chunked)} (bound {chunkBound})");
             Assert.True(x.Feats.eq(input).all().item<bool>(), "the block changed its input features in place");
         }
         finally
