@@ -1,5 +1,4 @@
 using MdtDist.TestSupport;
-using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Sparse;
 using MdtDist.Trellis.Tests.Golden;
@@ -23,9 +22,7 @@ public class BFloat16FlowTests
         using var c = Case("ss_flow");
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        using var model = TrellisCheckpoint.Build<SparseStructureFlowModel>(TrellisModelConfig.FromJson(c.Config), ScalarType.BFloat16);
-        TrellisCheckpoint.LoadStateDict(model, c.WithPrefix("model."), strict: true, source: c.Name);
-        model.eval();
+        using var model = GoldenModels.Load<SparseStructureFlowModel>(c, ScalarType.BFloat16);
         Assert.Equal(ScalarType.BFloat16, model.TorsoDType);
         var v = model.forward(c["in.x"].to(ScalarType.BFloat16), c["in.t"], c["in.cond"].to(ScalarType.BFloat16));
         Assert.Equal(ScalarType.BFloat16, v.dtype);
@@ -38,9 +35,7 @@ public class BFloat16FlowTests
         using var c = Case("slat_flow");
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        using var model = TrellisCheckpoint.Build<SLatFlowModel>(TrellisModelConfig.FromJson(c.Config), ScalarType.BFloat16);
-        TrellisCheckpoint.LoadStateDict(model, c.WithPrefix("model."), strict: true, source: c.Name);
-        model.eval();
+        using var model = GoldenModels.Load<SLatFlowModel>(c, ScalarType.BFloat16);
         var x = new SparseTensor(c["in.feats"].to(ScalarType.BFloat16), c["in.coords"], 16);
         var y = model.forward(x, c["in.t"], c["in.cond"].to(ScalarType.BFloat16));
         Assert.Equal(ScalarType.BFloat16, y.Dtype);

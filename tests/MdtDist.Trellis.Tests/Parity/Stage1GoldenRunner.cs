@@ -6,18 +6,18 @@ using static TorchSharp.torch;
 
 namespace MdtDist.Trellis.Tests.Golden;
 
-/// <summary>Builds a golden case's network in float64 from its config and loads its <c>model.*</c> state dict strictly.</summary>
+/// <summary>Builds a golden case's network (in float64 unless told) from its config and loads its <c>model.*</c> state dict strictly.</summary>
 internal static class GoldenModels
 {
-    public static nn.Module Build(GoldenCase c)
+    public static nn.Module Build(GoldenCase c, ScalarType dtype = ScalarType.Float64)
     {
         var args = JsonNode.Parse(c.Config.GetProperty("args").GetRawText())!.AsObject();
-        return TrellisCheckpoint.Build(new TrellisModelConfig(c.ConfigName, args), ScalarType.Float64);
+        return TrellisCheckpoint.Build(new TrellisModelConfig(c.ConfigName, args), dtype);
     }
 
-    public static T Load<T>(GoldenCase c) where T : nn.Module
+    public static T Load<T>(GoldenCase c, ScalarType dtype = ScalarType.Float64) where T : nn.Module
     {
-        var model = (T)Build(c);
+        var model = (T)Build(c, dtype);
         TrellisCheckpoint.LoadStateDict(model, c.WithPrefix("model."), strict: true, source: $"golden case {c.Name}");
         model.eval();
         return model;

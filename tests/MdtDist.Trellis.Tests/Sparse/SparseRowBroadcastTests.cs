@@ -1,4 +1,3 @@
-using MdtDist.Trellis.Checkpoints;
 using MdtDist.Trellis.Models;
 using MdtDist.Trellis.Sparse;
 using MdtDist.Trellis.Tests.Golden;
@@ -20,8 +19,7 @@ public class SparseRowBroadcastTests
         using var c = new GoldenCase(Path.Combine(GoldenParityTests.BundledDirectory, "slat_flow.json"));
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        using var model = TrellisCheckpoint.Build<SLatFlowModel>(TrellisModelConfig.FromJson(c.Config), ScalarType.Float64);
-        TrellisCheckpoint.LoadStateDict(model, c.WithPrefix("model."), strict: true, source: c.Name);
+        using var model = GoldenModels.Load<SLatFlowModel>(c);
         var coords = c["in.coords"];
         Assert.Equal(2, c["in.t"].shape[0]);
         var rows = (coords[.., 0] == 0).nonzero().squeeze(1);
